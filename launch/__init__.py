@@ -1,0 +1,1 @@
+"""The `genlab` command line: config loading, validation and sub-commands."""

@@ -1,0 +1,176 @@
+"""`genlab train | eval | sample`: the command line over the trainer.
+
+Every mistake in the user's input ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from launch.config import (
+    apply_overrides,
+    config_from_args,
+    read_config,
+    save_config,
+    split_config_args,
+)
+from launch.metadata import write_metadata
+from train.errors import UserError
+
+CONFIG_FILE = "config.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as a UserError (one line, exit 2) instead of a usage dump."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _train(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    from train.trainer import Stopped, Trainer
+
+    workdir = Path(args.workdir)
+    if spec is None:
+        if not (workdir / CONFIG_FILE).is_file():
+            raise UserError(
+                "train: --config experiments/NAME.py[:variant] is required for a new workdir"
+            )
+        config = read_config(workdir / CONFIG_FILE)
+        apply_overrides(config, overrides)
+    else:
+        config = config_from_args(spec, overrides)
+    trainer = Trainer(config, workdir)
+    if trainer.is_lead:
+        save_config(config, workdir / CONFIG_FILE)
+        write_metadata(workdir, sys.argv)
+    try:
+        metrics = trainer.run()
+    except Stopped as stopped:
+        print(f"genlab: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    if trainer.is_lead:
+        print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+        sample = workdir / "samples"
+        latest = sorted(sample.glob("*.txt"))[-1:] if sample.is_dir() else []
+        if latest:
+            print(f"--- sample ({latest[0].name}) ---\n{latest[0].read_text()}")
+    return 0
+
+
+def _load_run(workdir: Path, step: int | None, for_eval: bool):
+    """A workdir's task and its restored state (newest checkpoint unless `step`)."""
+    import jax
+
+    from train.checkpoint import Checkpoints
+    from train.partitioning import make_mesh
+    from train.tasks import build_task
+    from train.trainer import place_state
+
+    config = read_config(workdir / CONFIG_FILE)
+    task = build_task(config, workdir=workdir, load_data=for_eval)
+    checkpoints = Checkpoints(workdir, read_only=True)
+    steps = checkpoints.all_steps()
+    if not steps:
+        raise UserError(f"--workdir {workdir}: no checkpoints to load")
+    if step is not None and step not in steps:
+        raise UserError(f"--step {step}: no such checkpoint; available: {steps}")
+    if for_eval:
+        mesh = make_mesh(config.mesh)
+    else:  # sampling needs no sharding: a one-device mesh works whatever trained the run
+        import ml_collections
+
+        mesh = make_mesh(
+            ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
+            devices=jax.devices()[:1],
+        )
+    state, placement, restored = place_state(task, mesh, config.seed, checkpoints, step)
+    return task, state, placement, restored
+
+
+def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    import jax
+
+    from train import partitioning
+    from train.trainer import evaluate
+
+    task, state, placement, step = _load_run(Path(args.workdir), args.step, for_eval=True)
+    with placement.active():
+        eval_step = jax.jit(
+            task.eval_step,
+            in_shardings=(placement.state, placement.batch),
+            out_shardings=partitioning.replicated(placement.mesh),
+        )
+        metrics = evaluate(task, state, eval_step, placement)
+    print(json.dumps({"step": step, **metrics}))
+    return 0
+
+
+def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    if args.num_tokens < 1:
+        raise UserError(f"--num_tokens={args.num_tokens}: must be at least 1")
+    if args.temperature < 0:
+        raise UserError(f"--temperature={args.temperature}: must be >= 0 (0 is greedy)")
+    if not 0.0 < args.top_p <= 1.0:
+        raise UserError(f"--top_p={args.top_p}: must lie in (0, 1]")
+    task, state, _, _ = _load_run(Path(args.workdir), args.step, for_eval=False)
+    if not hasattr(task, "generate"):
+        raise UserError(f"sample: task {task.config.task!r} does not generate text")
+    prompt = args.prompt.encode().decode("unicode_escape")
+    text = task.generate(
+        state.params, prompt, args.num_tokens, args.seed, args.temperature, args.top_k, args.top_p
+    )
+    print(prompt + text)
+    return 0
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="genlab", description="Train, evaluate and sample generative models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train (or resume) a run from an experiment config")
+    train.add_argument("--workdir", required=True, help="run folder; resumed if it has checkpoints")
+    train.set_defaults(run=_train)
+
+    evaluation = sub.add_parser("eval", help="evaluate a run's checkpoint")
+    evaluation.add_argument("--workdir", required=True)
+    evaluation.add_argument(
+        "--step", type=int, default=None, help="checkpoint step (default newest)"
+    )
+    evaluation.set_defaults(run=_eval)
+
+    sample = sub.add_parser("sample", help="generate from a run's checkpoint")
+    sample.add_argument("--workdir", required=True)
+    sample.add_argument("--step", type=int, default=None)
+    sample.add_argument("--prompt", default="\n", help="start text (\\n escapes allowed)")
+    sample.add_argument("--num_tokens", type=int, default=500)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top_k", type=int, default=0)
+    sample.add_argument("--top_p", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(run=_sample)
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    spec, overrides, rest = split_config_args(argv)
+    args = _parser().parse_args(rest)
+    command: Callable[..., int] = args.run
+    return command(args, spec, overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"genlab: error: {error}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`metadata.json`: what ran, where and with which versions, so any result can be traced back."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import jax
+
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "ml_collections",
+    "datasets",
+    "numpy",
+)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def collect(argv: list[str]) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "versions": versions,
+        "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+    }
+
+
+def write_metadata(workdir: Path, argv: list[str]) -> None:
+    (workdir / "metadata.json").write_text(json.dumps(collect(argv), indent=2) + "\n")

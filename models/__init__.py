@@ -1,0 +1,1 @@
+"""Pure Flax Linen modules; nothing here knows about training."""

@@ -1,0 +1,1 @@
+"""The machinery every model family shares: trainer, sharding, checkpoints, data, tasks, metrics."""

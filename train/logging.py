@@ -1,0 +1,93 @@
+"""Metric writers: `metrics.jsonl` always, TensorBoard event files, and a progress bar.
+
+Only process 0 writes; other processes get a writer that drops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import tqdm
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    value = float(value) if hasattr(value, "__float__") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricWriter:
+    """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: Path, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.jsonl = (workdir / METRICS_FILE).open("a")
+        self.tb = SummaryWriter(str(workdir / "tb"), flush_secs=30)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {
+            "step": int(step),
+            "time": time.time(),
+            **{k: _plain(v) for k, v in metrics.items()},
+        }
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for key, value in metrics.items():
+            value = _plain(value)
+            if isinstance(value, float | int):
+                self.tb.add_scalar(key, value, int(step))
+
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        if self.enabled:
+            self.tb.add_text(tag, text, int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    path = Path(workdir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """A tqdm bar over training steps that shows the latest loss, step time, tokens/s and MFU."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = tqdm.tqdm(
+            total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step"
+        )
+
+    def update(self, steps: int, metrics: dict[str, Any]) -> None:
+        shown = {
+            "loss": metrics.get("train/loss"),
+            "ms/step": 1000 * metrics["perf/step_time_s"]
+            if "perf/step_time_s" in metrics
+            else None,
+            "tok/s": metrics.get("perf/tokens_per_s"),
+            "mfu": metrics.get("perf/mfu"),
+        }
+        self.bar.set_postfix(
+            {k: f"{v:.4g}" for k, v in shown.items() if v is not None}, refresh=False
+        )
+        self.bar.update(steps)
+
+    def print(self, text: str) -> None:
+        tqdm.tqdm.write(text)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,111 @@
+"""Device mesh from config, the logical-axis rules table, and shardings for state and batches.
+
+One rules table serves every strategy: an axis of size 1 in the mesh shards nothing, so
+data-parallel, FSDP and tensor-parallel runs differ only in `config.mesh`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from train.errors import UserError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes, in priority order. A mesh axis already taken by an earlier dimension
+# of the same array is skipped (so activations keep `embed` replicated while `batch` uses fsdp).
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+)
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+    """Resolve the `data/fsdp/tensor` sizes of the config; one of them may be -1 (the rest)."""
+    sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+    described = ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes, strict=True))
+    if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise UserError(
+            f"mesh: {described} is not allowed; sizes are positive and at most one may be -1"
+        )
+    known = math.prod(s for s in sizes if s != -1)
+    if num_devices % known:
+        raise UserError(
+            f"mesh: {described} needs a multiple of {known} devices, but {num_devices} are present"
+        )
+    sizes = [num_devices // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != num_devices:
+        raise UserError(
+            f"mesh: {described} covers {math.prod(sizes)} devices, but {num_devices} are present; "
+            "make the product equal the device count or set one axis to -1"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_config, len(devices))
+    # Auto axes: sharding follows the in/out shardings and logical constraints we give.
+    return Mesh(
+        np.asarray(devices).reshape(shape),
+        MESH_AXES,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+    )
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways the batch dimension is split (data x fsdp)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a tree whose leaves may be `nn.Partitioned` boxes (others replicate)."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
+    spec = nn.logical_to_mesh_axes(tuple(logical_axes), LOGICAL_RULES)
+    return NamedSharding(mesh, spec)
+
+
+def batch_shardings(mesh: Mesh, batch_axes: Mapping[str, Sequence[str | None]]) -> dict:
+    return {name: batch_sharding(mesh, axes) for name, axes in batch_axes.items()}
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
+    """Assemble this process's rows of the batch into global arrays laid out as `shardings`."""
+    return {
+        name: jax.make_array_from_process_local_data(shardings[name], np.asarray(value))
+        for name, value in local.items()
+    }
+
+
+def check_batch_divides(batch_size: int, mesh: Mesh, grad_accum: int = 1) -> None:
+    """The global batch must split evenly over data-parallel devices, hosts and micro-batches."""
+    ways = data_parallel_size(mesh)
+    if batch_size % (ways * grad_accum) or batch_size % jax.process_count():
+        raise UserError(
+            f"train.batch_size={batch_size} must be divisible by the data-parallel size "
+            f"{ways} (mesh data x fsdp) times train.grad_accum={grad_accum}, "
+            f"and by the {jax.process_count()} processes"
+        )

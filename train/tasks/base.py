@@ -1,0 +1,70 @@
+"""What the generic trainer asks of a model family."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import ml_collections
+import numpy as np
+
+Batch = dict[str, Any]
+
+
+class Task(abc.ABC):
+    """A model family's loss, steps, data and evaluation, behind one interface.
+
+    Steps are pure functions of (state, batch) so the trainer can jit, shard and donate them.
+    Batches returned by `train_batch`/`eval_batches` are this process's rows only.
+    """
+
+    #: logical axis names of each batch entry, e.g. {"inputs": ("batch", "length")}
+    batch_axes: ClassVar[dict[str, tuple[str | None, ...]]]
+
+    def __init__(
+        self, config: ml_collections.ConfigDict, workdir: Path | None = None, load_data: bool = True
+    ):
+        self.config = config
+        self.workdir = workdir
+
+    @abc.abstractmethod
+    def init_state(self, rng: jax.Array) -> Any:
+        """A fresh train state whose parameters keep their logical-axis boxes."""
+
+    @abc.abstractmethod
+    def train_step(self, state: Any, batch: Batch) -> tuple[Any, dict[str, jax.Array]]:
+        """One optimisation step; metrics include `train/loss`."""
+
+    @abc.abstractmethod
+    def eval_step(self, state: Any, batch: Batch) -> dict[str, jax.Array]:
+        """Sums over one eval batch (e.g. loss sum and count) that `summarize_eval` reduces."""
+
+    @abc.abstractmethod
+    def summarize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        """Turn summed eval statistics into `eval/...` metrics."""
+
+    @abc.abstractmethod
+    def train_batch(self, step: int) -> Batch:
+        """This process's rows of global batch `step`: a pure function of (seed, step)."""
+
+    @abc.abstractmethod
+    def eval_batches(self) -> Iterator[Batch]:
+        """This process's rows of every eval batch, the same ones at every evaluation."""
+
+    def save_assets(self, workdir: Path) -> None:  # noqa: B027 (optional hook)
+        """Write what a workdir needs besides config and checkpoints (e.g. the tokenizer)."""
+
+    def write_samples(self, state: Any, step: int, workdir: Path) -> str | None:
+        """Write samples into `workdir/samples`; return text worth logging, if any."""
+        return None
+
+    def examples_per_step(self) -> tuple[str, float]:
+        """The unit of throughput and how many of them one step processes (e.g. tokens)."""
+        return "examples", float(self.config.train.batch_size)
+
+    def flops_per_step(self, state: Any) -> float | None:
+        """Model FLOPs of one training step, for MFU; None when not known."""
+        return None

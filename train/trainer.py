@@ -1,0 +1,253 @@
+"""The one training loop. It knows tasks only through `train/tasks/base.py`, never a family."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from train import partitioning
+from train.checkpoint import Checkpoints, abstract_with_shardings
+from train.errors import UserError
+from train.logging import MetricWriter, Progress
+from train.perf import peak_flops_per_device
+from train.tasks import build_task
+from train.tasks.base import Task
+
+
+class Stopped(Exception):
+    """Training stopped early by a signal after saving a checkpoint; `signum` says which."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved")
+        self.signum = signum
+        self.step = step
+
+
+@dataclass
+class Placement:
+    """Where the state and batches live: the mesh, state shardings and batch shardings."""
+
+    mesh: jax.sharding.Mesh
+    state: Any
+    batch: dict[str, jax.sharding.NamedSharding]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The mesh and logical-axis rules that model code traces under."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.LOGICAL_RULES):
+            yield
+
+
+def place_state(
+    task: Task,
+    mesh: jax.sharding.Mesh,
+    seed: int,
+    checkpoints: Checkpoints | None,
+    step: int | None = None,
+) -> tuple[Any, Placement, int]:
+    """Create the state already sharded, or restore a checkpoint (default newest) onto this mesh."""
+    rng = jax.random.key(seed)
+    boxed = jax.eval_shape(task.init_state, rng)
+    shardings = partitioning.logical_shardings(boxed, mesh)
+    placement = Placement(mesh, shardings, partitioning.batch_shardings(mesh, task.batch_axes))
+    latest = step if step is not None else checkpoints.latest_step() if checkpoints else None
+    if latest is not None:
+        target = abstract_with_shardings(nn.meta.unbox(boxed), shardings)
+        return checkpoints.restore(target, latest), placement, latest
+    # Traced without the logical rules: out_shardings alone place the state, and the rules would
+    # constrain DenseGeneral's flat kernel before it is reshaped to its named shape.
+    init = jax.jit(lambda r: nn.meta.unbox(task.init_state(r)), out_shardings=shardings)
+    return init(rng), placement, 0
+
+
+def evaluate(task: Task, state: Any, eval_step: Any, placement: Placement) -> dict[str, float]:
+    """Sum the task's eval statistics over its eval batches and summarise them."""
+    totals: dict[str, np.ndarray] = {}
+    for local in task.eval_batches():
+        sums = jax.device_get(eval_step(state, partitioning.global_batch(local, placement.batch)))
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
+    return task.summarize_eval(totals)
+
+
+class SignalFlag:
+    """Remembers SIGTERM/SIGINT instead of dying, so the loop can checkpoint first."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalFlag:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """Runs `config.train.steps` steps of a task in `workdir`, resuming from its checkpoints."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, task: Task | None = None):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.task = task or build_task(config, workdir=self.workdir)
+        self.mesh = partitioning.make_mesh(config.mesh)
+        partitioning.check_batch_divides(
+            config.train.batch_size, self.mesh, config.train.grad_accum
+        )
+        self.is_lead = jax.process_index() == 0
+        t = config.train
+        self.checkpoints = Checkpoints(
+            self.workdir,
+            keep=t.keep_checkpoints,
+            best_metric=t.best_metric,
+            best_mode=t.best_mode,
+            async_save=t.async_checkpoints,
+        )
+
+    def run(self) -> dict[str, float]:
+        """Train to the configured number of steps; return the last logged metrics."""
+        t = self.config.train
+        if self.is_lead:
+            self.task.save_assets(self.workdir)
+        state, placement, start = place_state(
+            self.task, self.mesh, self.config.seed, self.checkpoints
+        )
+        writer = MetricWriter(self.workdir, enabled=self.is_lead)
+        progress = Progress(t.steps, start, enabled=self.is_lead and t.progress_bar)
+        if start:
+            progress.print(f"resumed from the checkpoint of step {start}")
+        try:
+            with SignalFlag() as stop:
+                return self._loop(state, placement, start, writer, progress, stop)
+        finally:
+            self.checkpoints.wait()
+            progress.close()
+            writer.close()
+
+    def _compile(self, state: Any, placement: Placement) -> tuple[Any, Any, float]:
+        task = self.task
+        replicated = partitioning.replicated(placement.mesh)
+        example = partitioning.global_batch(task.train_batch(0), placement.batch)
+        started = time.perf_counter()
+        with placement.active():
+            train_step = jax.jit(
+                task.train_step,
+                in_shardings=(placement.state, placement.batch),
+                out_shardings=(placement.state, replicated),
+                donate_argnums=0,
+            )
+            train_step = train_step.lower(state, example).compile()
+            eval_step = jax.jit(
+                task.eval_step,
+                in_shardings=(placement.state, placement.batch),
+                out_shardings=replicated,
+            )
+        return train_step, eval_step, time.perf_counter() - started
+
+    def _loop(
+        self,
+        state: Any,
+        placement: Placement,
+        start: int,
+        writer: MetricWriter,
+        progress: Progress,
+        stop: SignalFlag,
+    ) -> dict[str, float]:
+        t = self.config.train
+        task = self.task
+        train_step, eval_step, compile_s = self._compile(state, placement)
+        unit, units_per_step = task.examples_per_step()
+        flops = task.flops_per_step(state)
+        peak = peak_flops_per_device()
+        pending: list[dict[str, Any]] = []
+        last: dict[str, float] = {"perf/compile_time_s": compile_s}
+        tick, timed_steps, step = time.perf_counter(), 0, start
+        first_step_done = False
+
+        def flush() -> dict[str, float]:
+            """Fetch pending metrics; stop on a non-finite loss before anything is saved."""
+            nonlocal tick, timed_steps
+            fetched = jax.device_get(pending)
+            pending.clear()
+            for offset, metrics in enumerate(fetched):
+                loss = float(metrics["train/loss"])
+                if not math.isfinite(loss):
+                    bad = step - len(fetched) + offset + 1
+                    good = self.checkpoints.latest_step()
+                    raise UserError(
+                        f"non-finite train/loss={loss} at step {bad}; training stopped "
+                        f"(allowed: finite losses); last good checkpoint: step {good}"
+                    )
+            summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+            now = time.perf_counter()
+            if timed_steps:
+                step_time = (now - tick) / timed_steps
+                summary["perf/step_time_s"] = step_time
+                summary[f"perf/{unit}_per_s"] = units_per_step / step_time
+                if flops and peak:
+                    summary["perf/mfu"] = flops / step_time / (peak * jax.device_count())
+            tick, timed_steps = now, 0
+            return summary
+
+        while step < t.steps:
+            batch = partitioning.global_batch(task.train_batch(step), placement.batch)
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            step += 1
+            if first_step_done:
+                timed_steps += 1
+            else:  # the first step's time holds start-up costs: leave it out of the averages
+                jax.block_until_ready(metrics)
+                first_step_done, tick = True, time.perf_counter()
+
+            final = step == t.steps or stop.signum is not None
+            evaluating = step % t.eval_every == 0 or (final and stop.signum is None)
+            saving = step % t.checkpoint_every == 0 or final
+            if step % t.log_every == 0 or final or evaluating or saving:
+                summary = flush()
+                if evaluating:
+                    with placement.active():
+                        summary.update(evaluate(task, state, eval_step, placement))
+                    if self.is_lead:
+                        text = task.write_samples(state, step, self.workdir)
+                        if text is not None:
+                            writer.write_text(step, "samples", text)
+                writer.write(step, summary)
+                progress.update(step - progress.bar.n, summary)
+                if evaluating:
+                    progress.print(_describe(step, summary))
+                last.update(summary)
+            if saving:
+                self.checkpoints.save(step, state, metrics=last if evaluating else None)
+            if stop.signum is not None:
+                self.checkpoints.wait()
+                raise Stopped(stop.signum, step)
+        return last
+
+
+def _describe(step: int, metrics: dict[str, float]) -> str:
+    shown = {k: v for k, v in metrics.items() if k.startswith(("eval/", "train/loss"))}
+    return f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
+
+
+def train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, float]:
+    return Trainer(config, workdir).run()
