@@ -14,6 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from train.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -73,9 +75,17 @@ class Checkpoints:
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore `step` (default: newest) laid out as the shardings in `abstract_state`."""
         step = self.latest_step() if step is None else step
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )
+        except ValueError as error:
+            if "do not match" not in str(error):
+                raise
+            raise UserError(
+                f"checkpoint step {step} in {self.manager.directory} does not fit this config's "
+                "model/optimizer state; resume with the config it was saved with, or a new workdir"
+            ) from None
         return restored["state"]
 
     def wait(self) -> None:

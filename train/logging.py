@@ -27,11 +27,15 @@ def _plain(value: Any) -> Any:
 class MetricWriter:
     """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, workdir: Path, enabled: bool = True):
+    def __init__(self, workdir: Path, enabled: bool = True, resumed_at: int = 0):
         self.enabled = enabled
         if not enabled:
             return
-        self.jsonl = (workdir / METRICS_FILE).open("a")
+        path = workdir / METRICS_FILE
+        if path.is_file():  # drop what a killed run logged after its last checkpoint
+            kept = [r for r in _parsed_lines(path) if r[1]["step"] <= resumed_at]
+            path.write_text("".join(line + "\n" for line, _ in kept))
+        self.jsonl = path.open("a")
         self.tb = SummaryWriter(str(workdir / "tb"), flush_secs=30)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -59,9 +63,19 @@ class MetricWriter:
             self.tb.close()
 
 
+def _parsed_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each complete JSON line with its record; a line cut short by a kill is skipped."""
+    parsed = []
+    for line in path.read_text().splitlines():
+        try:
+            parsed.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return parsed
+
+
 def read_metrics(workdir: Path) -> list[dict[str, Any]]:
-    path = Path(workdir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _parsed_lines(Path(workdir) / METRICS_FILE)]
 
 
 class Progress:

@@ -74,9 +74,24 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
-    """NamedShardings for a tree whose leaves may be `nn.Partitioned` boxes (others replicate)."""
+    """NamedShardings for a tree whose leaves may be `nn.Partitioned` boxes (others replicate).
+
+    A dimension whose size the mesh axes do not divide (say a 65-character vocabulary over two
+    tensor-parallel devices) is replicated instead of failing.
+    """
     specs = nn.get_partition_spec(boxed_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+    shapes = nn.meta.unbox(boxed_tree)
+    return jax.tree.map(lambda s, x: _divisible(s, x.shape, mesh), shardings, shapes)
+
+
+def _divisible(sharding: NamedSharding, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for dim, axes in enumerate(spec):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if shape[dim] % math.prod(mesh.shape[n] for n in names):
+            spec[dim] = None
+    return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 def batch_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:

@@ -86,5 +86,5 @@ def gradient_step(
     """One optimizer step: (accumulated) gradients, update, and the step's metrics."""
     rng = step_rng(seed, state.step)
     grads, metrics = accumulated_grads(loss_fn, state.params, batch, rng, micro_batches)
-    metrics = dict(metrics, **{"train/grad_norm": optax.global_norm(grads)})
+    metrics = dict(metrics, **{"train/grad_norm": optax.tree.norm(grads)})
     return state.apply_gradients(grads), metrics

@@ -104,12 +104,17 @@ class SignalFlag:
 class Trainer:
     """Runs `config.train.steps` steps of a task in `workdir`, resuming from its checkpoints."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, task: Task | None = None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: Path,
+        devices: list[jax.Device] | None = None,
+    ):
         self.config = config
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.task = task or build_task(config, workdir=self.workdir)
-        self.mesh = partitioning.make_mesh(config.mesh)
+        self.task = build_task(config, workdir=self.workdir)
+        self.mesh = partitioning.make_mesh(config.mesh, devices)
         partitioning.check_batch_divides(
             config.train.batch_size, self.mesh, config.train.grad_accum
         )
@@ -131,7 +136,7 @@ class Trainer:
         state, placement, start = place_state(
             self.task, self.mesh, self.config.seed, self.checkpoints
         )
-        writer = MetricWriter(self.workdir, enabled=self.is_lead)
+        writer = MetricWriter(self.workdir, enabled=self.is_lead, resumed_at=start)
         progress = Progress(t.steps, start, enabled=self.is_lead and t.progress_bar)
         if start:
             progress.print(f"resumed from the checkpoint of step {start}")
@@ -249,5 +254,7 @@ def _describe(step: int, metrics: dict[str, float]) -> str:
     return f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
 
 
-def train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, float]:
-    return Trainer(config, workdir).run()
+def train(
+    config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device] | None = None
+) -> dict[str, float]:
+    return Trainer(config, workdir, devices).run()

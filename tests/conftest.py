@@ -1,0 +1,75 @@
+"""Shared test set-up: eight virtual CPU devices, the local data, tiny configs, CLI runners."""
+
+from __future__ import annotations
+
+import os
+
+# Must precede the first import of jax anywhere in the test session.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests (and their subprocesses) compile the same tiny programs: share a compilation cache.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.environ.get("TMPDIR", "/tmp"), "genlab-test-jax-cache"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
+LM_CONFIG = REPO / "experiments" / "shakespeare_char.py"
+
+
+def lm_config(**overrides: str):
+    """The `test` variant of the Shakespeare LM on the local file, with dotted-key overrides."""
+    from launch.config import apply_overrides, load_config
+
+    config = load_config(f"{LM_CONFIG}:test")
+    apply_overrides(config, {"data.path": str(SHAKESPEARE), **overrides})
+    return config
+
+
+def genlab(
+    *args: str, timeout: float = 300, env: dict | None = None, check: bool = False
+) -> subprocess.CompletedProcess:
+    """Run the `genlab` command in a fresh process (the way users run it)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"genlab {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def train_args(workdir: Path, *overrides: str, variant: str = "test") -> list[str]:
+    return [
+        "train",
+        "--config",
+        f"{LM_CONFIG}:{variant}",
+        "--workdir",
+        str(workdir),
+        f"--config.data.path={SHAKESPEARE}",
+        *overrides,
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained_lm(tmp_path_factory) -> Path:
+    """A workdir with a briefly trained test LM, shared by the eval/sample tests."""
+    workdir = tmp_path_factory.mktemp("trained_lm")
+    genlab(*train_args(workdir), check=True)
+    return workdir
