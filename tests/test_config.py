@@ -53,7 +53,7 @@ def test_bad_overrides_raise_user_errors(key, value, expected):
 
 
 def test_unknown_variant_and_missing_file():
-    with pytest.raises(UserError, match="unknown variant 'huge'.*allowed: cpu, gpu, test"):
+    with pytest.raises(UserError, match=r"unknown variant 'huge'.*allowed: cpu, gpu, test"):
         load_config(f"{LM_CONFIG}:huge")
     with pytest.raises(UserError, match="no such config file"):
         load_config("experiments/does_not_exist.py:test")
