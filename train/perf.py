@@ -31,7 +31,7 @@ PEAK_FLOPS_BY_KIND: dict[str, float] = {
 
 
 @functools.cache
-def measured_cpu_peak_flops(size: int = 512, repeats: int = 10) -> float:
+def measured_cpu_peak_flops(size: int = 1024, repeats: int = 10) -> float:
     """The float32 matmul FLOP/s this CPU reaches in XLA: the 'peak' MFU is measured against."""
     x = jnp.ones((size, size), jnp.float32)
     matmul = jax.jit(lambda a: a @ a)

@@ -185,6 +185,7 @@ class Trainer:
         peak = peak_flops_per_device()
         pending: list[dict[str, Any]] = []
         last: dict[str, float] = {"perf/compile_time_s": compile_s}
+        writer.write(start, last)
         tick, timed_steps, step = time.perf_counter(), 0, start
         first_step_done = False
 
@@ -243,6 +244,8 @@ class Trainer:
                 last.update(summary)
             if saving:
                 self.checkpoints.save(step, state, metrics=last if evaluating else None)
+            if evaluating or saving:  # keep eval and checkpoint time out of the step time
+                tick = time.perf_counter()
             if stop.signum is not None:
                 self.checkpoints.wait()
                 raise Stopped(stop.signum, step)
