@@ -49,8 +49,10 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(f"{REPO}/experiments/shakespeare_char.py:cpu")
-    apply_overrides(config, {"data.path": args.data, "train.steps": str(args.steps),
-                             "train.progress_bar": "false"})
+    apply_overrides(
+        config,
+        {"data.path": args.data, "train.steps": str(args.steps), "train.progress_bar": "false"},
+    )
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt_cpu_"))
     started = time.perf_counter()
     final = train(config, workdir)

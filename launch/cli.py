@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from launch import distributed
 from launch.config import (
     apply_overrides,
     config_from_args,
@@ -32,6 +33,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    if args.num_processes > 1 and args.coordinator is None:
+        return distributed.launch_local(_without_num_processes(args.argv), args.num_processes)
+    distributed.initialize(
+        args.coordinator, args.process_count, args.process_id, args.distributed_timeout
+    )
     from train.trainer import Stopped, Trainer
 
     workdir = Path(args.workdir)
@@ -60,6 +66,18 @@ def _train(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]
         if latest:
             print(f"--- sample ({latest[0].name}) ---\n{latest[0].read_text()}")
     return 0
+
+
+def _without_num_processes(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--num_processes":
+            skip = True
+        elif not arg.startswith("--num_processes="):
+            kept.append(arg)
+    return kept
 
 
 def _load_run(workdir: Path, step: int | None, for_eval: bool):
@@ -134,6 +152,21 @@ def _parser() -> _Parser:
 
     train = sub.add_parser("train", help="train (or resume) a run from an experiment config")
     train.add_argument("--workdir", required=True, help="run folder; resumed if it has checkpoints")
+    train.add_argument(
+        "--num_processes",
+        type=int,
+        default=1,
+        help="start this many local processes joined by jax.distributed (testing)",
+    )
+    train.add_argument("--coordinator", default=None, help="host:port of process 0")
+    train.add_argument("--process_count", type=int, default=None)
+    train.add_argument("--process_id", type=int, default=None)
+    train.add_argument(
+        "--distributed_timeout",
+        type=int,
+        default=distributed.DEFAULT_TIMEOUT_S,
+        help="seconds to wait for the other processes before giving up",
+    )
     train.set_defaults(run=_train)
 
     evaluation = sub.add_parser("eval", help="evaluate a run's checkpoint")
@@ -159,6 +192,7 @@ def _parser() -> _Parser:
 def run(argv: list[str]) -> int:
     spec, overrides, rest = split_config_args(argv)
     args = _parser().parse_args(rest)
+    args.argv = argv
     command: Callable[..., int] = args.run
     return command(args, spec, overrides)
 

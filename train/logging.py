@@ -81,7 +81,8 @@ def read_metrics(workdir: Path) -> list[dict[str, Any]]:
 class Progress:
     """A tqdm bar over training steps that shows the latest loss, step time, tokens/s and MFU."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, lead: bool = True):
+        self.lead = lead  # only process 0 prints
         self.bar = tqdm.tqdm(
             total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step"
         )
@@ -101,7 +102,8 @@ class Progress:
         self.bar.update(steps)
 
     def print(self, text: str) -> None:
-        tqdm.tqdm.write(text)
+        if self.lead:
+            tqdm.tqdm.write(text)
 
     def close(self) -> None:
         self.bar.close()

@@ -137,7 +137,9 @@ class Trainer:
             self.task, self.mesh, self.config.seed, self.checkpoints
         )
         writer = MetricWriter(self.workdir, enabled=self.is_lead, resumed_at=start)
-        progress = Progress(t.steps, start, enabled=self.is_lead and t.progress_bar)
+        progress = Progress(
+            t.steps, start, enabled=self.is_lead and t.progress_bar, lead=self.is_lead
+        )
         if start:
             progress.print(f"resumed from the checkpoint of step {start}")
         try:
@@ -233,10 +235,9 @@ class Trainer:
                 if evaluating:
                     with placement.active():
                         summary.update(evaluate(task, state, eval_step, placement))
-                    if self.is_lead:
-                        text = task.write_samples(state, step, self.workdir)
-                        if text is not None:
-                            writer.write_text(step, "samples", text)
+                    text = task.write_samples(state, step, self.workdir)  # every process
+                    if text is not None:
+                        writer.write_text(step, "samples", text)
                 writer.write(step, summary)
                 progress.update(step - progress.bar.n, summary)
                 if evaluating:

@@ -58,7 +58,11 @@ class Task(abc.ABC):
         """Write what a workdir needs besides config and checkpoints (e.g. the tokenizer)."""
 
     def write_samples(self, state: Any, step: int, workdir: Path) -> str | None:
-        """Write samples into `workdir/samples`; return text worth logging, if any."""
+        """Draw samples and (on process 0 only) write them into `workdir/samples`.
+
+        Called on every process, since drawing from sharded parameters needs all of them.
+        Returns text worth logging, if any.
+        """
         return None
 
     def examples_per_step(self) -> tuple[str, float]:

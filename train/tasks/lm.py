@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from models.transformer import POS_ENCODINGS, DecoderLM
 from train.data import tokenizers
@@ -180,9 +181,10 @@ class Task(base.Task):
         text = self.generate(
             state.params, s.prompt, s.num_tokens, s.seed, s.temperature, s.top_k, s.top_p
         )
-        out = workdir / "samples"
-        out.mkdir(exist_ok=True)
-        (out / f"step_{step:07d}.txt").write_text(text)
+        if jax.process_index() == 0:
+            out = workdir / "samples"
+            out.mkdir(exist_ok=True)
+            (out / f"step_{step:07d}.txt").write_text(text)
         return text
 
 
@@ -216,7 +218,8 @@ def generate_ids(
             top_k,
             top_p,
         )
-        ids.extend(int(i) for i in np.asarray(new[0]))
+        new = np.asarray(multihost_utils.process_allgather(new, tiled=True))
+        ids.extend(int(i) for i in new[0])
         window += 1
     return ids[len(prompt_ids) : len(prompt_ids) + num_tokens]
 
