@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 1337
 
     c.data = ml_collections.ConfigDict()
+    c.data.name = "tiny_shakespeare"  # matches experiments/references.py
     c.data.path = ""  # a local text file; empty fetches Tiny Shakespeare once (needs internet)
     c.data.tokenizer = "char"
     c.data.val_fraction = 0.1

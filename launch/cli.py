@@ -146,6 +146,51 @@ def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str
     return 0
 
 
+def _sweep(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    import shlex
+
+    from launch import backends, sweep
+
+    sweep_file = Path(args.sweep_file)
+    definition = sweep.load_sweep(args.sweep_file)
+    root = Path(args.root or Path("runs") / "sweeps" / sweep_file.stem).absolute()
+    runs = sweep.expand(definition, sweep_file, root)
+    if args.dry_run:
+        for run in runs:
+            print(f"{run.name}\n  {shlex.join(run.command)}")
+        print(f"{len(runs)} runs in {root}")
+        return 0
+    sweep.claim_folder(root, sweep_file)
+    todo = [run for run in runs if sweep.run_status(run) != "done"]
+    skipped = len(runs) - len(todo)
+    print(f"{len(runs)} runs in {root}: {skipped} already done, {len(todo)} to run")
+    sweep.write_manifest(root, sweep_file, definition, runs, {})
+    if args.backend == "local":
+        status = backends.run_local(todo, args.parallel, args.devices_per_run)
+        sweep.write_manifest(root, sweep_file, definition, runs, status)
+        failed = [name for name, s in status.items() if s != "done"]
+        return 1 if failed else 0
+    resources = {
+        **definition.slurm,
+        **{k: v for k, v in vars(args).items() if k in backends.SLURM_KEYS and v is not None},
+    }
+    jobs = backends.submit_slurm(todo, root, resources)
+    status = {
+        run.name: f"submitted (job {job.job_id})" for run, job in zip(todo, jobs, strict=True)
+    }
+    sweep.write_manifest(root, sweep_file, definition, runs, status)
+    print("\n".join(f"{s}: {name}" for name, s in status.items()))
+    return 0
+
+
+def _compare(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    from launch.compare import compare
+
+    for path in compare(args.dirs, args.metric, Path(args.out)):
+        print(path)
+    return 0
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="genlab", description="Train, evaluate and sample generative models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -186,6 +231,44 @@ def _parser() -> _Parser:
     sample.add_argument("--top_p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(run=_sample)
+
+    sweep = sub.add_parser("sweep", help="launch every run of a sweep file")
+    sweep.add_argument("sweep_file", help="experiments/sweeps/NAME.py defining get_sweep()")
+    sweep.add_argument("--backend", choices=("local", "slurm"), default="local")
+    sweep.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="print the runs and their exact commands, run nothing",
+    )
+    sweep.add_argument("--root", default=None, help="sweep folder (default runs/sweeps/NAME)")
+    sweep.add_argument("--parallel", type=int, default=1, help="local: runs at a time")
+    sweep.add_argument(
+        "--devices_per_run",
+        type=int,
+        default=0,
+        help="local: GPUs given to each parallel run (CUDA_VISIBLE_DEVICES)",
+    )
+    for key, kind in (
+        ("nodes", int),
+        ("gpus_per_node", int),
+        ("timeout_min", int),
+        ("partition", str),
+        ("account", str),
+    ):
+        sweep.add_argument(f"--{key}", type=kind, default=None, help="slurm resource")
+    sweep.set_defaults(run=_sweep)
+
+    comparison = sub.add_parser("compare", help="tables and plots across runs and sweeps")
+    comparison.add_argument("dirs", nargs="+", help="run workdirs and/or sweep folders")
+    comparison.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        help="metric to tabulate and plot (repeatable; default eval/loss)",
+    )
+    comparison.add_argument("--out", default="report")
+    comparison.set_defaults(run=_compare)
     return parser
 
 

@@ -1,0 +1,81 @@
+"""Published numbers genlab compares against, each with its source (see ../shared/REFERENCES.md).
+
+`genlab compare` adds a row for every reference whose dataset and metric match the compared runs'.
+Compare like with like: same data, split, metric and sample count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    dataset: str  # matches config.data.name
+    metric: str  # a genlab metric name, e.g. eval/loss
+    value: float
+    source: str
+    note: str = ""
+
+
+REFERENCES: tuple[Reference, ...] = (
+    Reference(
+        "nanoGPT shakespeare-char (6L/6H/384d, 5000 iters, A100)",
+        "tiny_shakespeare",
+        "eval/loss",
+        1.4697,
+        "karpathy/nanoGPT README, config/train_shakespeare_char.py",
+        "val split = last 10% of characters",
+    ),
+    Reference(
+        "nanoGPT CPU recipe (4L/4H/128d, 2000 iters)",
+        "tiny_shakespeare",
+        "eval/loss",
+        1.88,
+        "karpathy/nanoGPT README",
+    ),
+    Reference(
+        "VAE, 1 stochastic layer, k=1 (Burda et al. 2015, Table 1)",
+        "binarized_mnist",
+        "eval/nll",
+        86.76,
+        "Burda, Grosse, Salakhutdinov 2015 (IWAE), Table 1",
+        "NLL by IWAE k=5000; dynamic binarization",
+    ),
+    Reference(
+        "VAE, 2 stochastic layers, k=1 (Burda et al. 2015, Table 1)",
+        "binarized_mnist",
+        "eval/nll",
+        85.33,
+        "Burda, Grosse, Salakhutdinov 2015 (IWAE), Table 1",
+        "NLL by IWAE k=5000; dynamic binarization",
+    ),
+    Reference(
+        "DDPM (L_simple), CIFAR-10",
+        "cifar10",
+        "eval/fid",
+        3.17,
+        "Ho et al. 2020, Table 1",
+        "50k samples vs train set",
+    ),
+    Reference(
+        "DDPM (L_simple), CIFAR-10",
+        "cifar10",
+        "eval/bpd",
+        3.75,
+        "Ho et al. 2020, Table 1",
+        "upper bound on NLL",
+    ),
+    Reference(
+        "Transformer base, WMT14 En-De newstest2014",
+        "wmt14_en_de",
+        "eval/bleu",
+        27.3,
+        "Vaswani et al. 2017, Table 2",
+    ),
+)
+
+
+def matching(dataset: str, metric: str) -> list[Reference]:
+    return [r for r in REFERENCES if r.dataset == dataset and r.metric == metric]

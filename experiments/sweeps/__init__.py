@@ -1,0 +1,1 @@
+"""Sweep definitions: each file's `get_sweep()` returns a `launch.sweep.Sweep`."""

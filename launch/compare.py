@@ -1,0 +1,185 @@
+"""`genlab compare`: one table (Markdown + CSV) and one plot per metric across runs and sweeps.
+
+Rows hold each run's config differences, the final and best value of each metric, the last step,
+wall time and throughput; published numbers from `experiments/references.py` are added as extra
+rows where dataset and metric match.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.references import matching
+from launch.sweep import MANIFEST, read_manifest
+from train.errors import UserError
+from train.logging import METRICS_FILE, read_metrics
+
+HIGHER_IS_BETTER = ("bleu", "elbo", "accuracy", "auroc", "inception_score")
+DEFAULT_METRICS = ("eval/loss",)
+
+
+@dataclass
+class RunRecord:
+    name: str
+    workdir: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def find_runs(paths: list[str]) -> list[RunRecord]:
+    """Runs named directly, or every run of a sweep folder (in its manifest order)."""
+    runs: list[RunRecord] = []
+    for text in paths:
+        path = Path(text)
+        if (path / MANIFEST).is_file():
+            for entry in read_manifest(path)["runs"]:
+                workdir = Path(entry["workdir"])
+                if (workdir / METRICS_FILE).is_file():
+                    runs.append(_load(workdir, entry["name"]))
+        elif (path / METRICS_FILE).is_file():
+            runs.append(_load(path, path.name))
+        else:
+            raise UserError(
+                f"compare: {path} is neither a run (no {METRICS_FILE}) nor a sweep "
+                f"folder (no {MANIFEST})"
+            )
+    if not runs:
+        raise UserError("compare: the given folders hold no runs with metrics yet")
+    return runs
+
+
+def _load(workdir: Path, name: str) -> RunRecord:
+    config_file = workdir / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    return RunRecord(name, workdir, config, read_metrics(workdir))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(runs: list[RunRecord]) -> list[dict[str, Any]]:
+    """For each run, the config keys whose values are not the same in every run."""
+    flats = [_flatten(r.config) for r in runs]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    ignored = ("data.path",)
+    return [{k: f.get(k) for k in varying if k not in ignored} for f in flats]
+
+
+def _best(values: list[float], metric: str) -> float:
+    return max(values) if metric.split("/")[-1] in HIGHER_IS_BETTER else min(values)
+
+
+def summarize(run: RunRecord, metrics: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for metric in metrics:
+        values = [r[metric] for r in run.records if isinstance(r.get(metric), int | float)]
+        row[f"{metric} final"] = values[-1] if values else None
+        row[f"{metric} best"] = _best(values, metric) if values else None
+    row["step"] = max((r["step"] for r in run.records), default=None)
+    times = [r["time"] for r in run.records if "time" in r]
+    row["wall time (s)"] = round(times[-1] - times[0], 1) if len(times) > 1 else None
+    speeds = [
+        v
+        for r in run.records
+        for k, v in r.items()
+        if k.startswith("perf/") and k.endswith("_per_s")
+    ]
+    row["throughput (/s)"] = round(statistics.median(speeds), 1) if speeds else None
+    return row
+
+
+def build_table(runs: list[RunRecord], metrics: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for run, diff in zip(runs, config_differences(runs), strict=True):
+        changes = ", ".join(f"{k}={v}" for k, v in diff.items()) or "(base)"
+        rows.append({"run": run.name, "config differences": changes, **summarize(run, metrics)})
+    datasets = {_flatten(r.config).get("data.name") for r in runs} - {None}
+    for dataset in sorted(datasets):
+        for metric in metrics:
+            for ref in matching(dataset, metric):
+                rows.append(
+                    {
+                        "run": f"reference: {ref.name}",
+                        "config differences": f"{ref.source}"
+                        + (f"; {ref.note}" if ref.note else ""),
+                        f"{metric} final": ref.value,
+                        f"{metric} best": ref.value,
+                    }
+                )
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e3 else f"{value:,.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def write_reports(
+    rows: list[dict[str, Any]], runs: list[RunRecord], metrics: list[str], out: Path
+) -> list[Path]:
+    """compare.md, compare.csv and one PNG per metric; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (out / "compare.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    written = [out / "compare.md", out / "compare.csv"]
+    written += [plot_metric(runs, metric, out) for metric in metrics]
+    return written
+
+
+def plot_metric(runs: list[RunRecord], metric: str, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        points = [
+            (r["step"], r[metric]) for r in run.records if isinstance(r.get(metric), int | float)
+        ]
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, marker="o" if len(points) < 20 else None, label=run.name)
+    axis.set_xlabel("step")
+    axis.set_ylabel(metric)
+    axis.set_title(metric)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = out / (metric.replace("/", "_") + ".png")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def compare(paths: list[str], metrics: list[str] | None, out: Path) -> list[Path]:
+    runs = find_runs(paths)
+    metrics = list(metrics or DEFAULT_METRICS)
+    known = {k for run in runs for r in run.records for k in r}
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        allowed = sorted(k for k in known if "/" in k)
+        raise UserError(f"--metric {unknown[0]}: no run logged it; logged: {', '.join(allowed)}")
+    return write_reports(build_table(runs, metrics), runs, metrics, out)
