@@ -32,14 +32,17 @@ def initialize(
 ) -> None:
     """Connect this process to the others, or do nothing for a single-process run.
 
-    Explicit flags win; otherwise a SLURM job with several tasks, or a TPU pod, is detected.
+    Explicit flags win. `coordinator="auto"` lets jax detect the cluster (SLURM, Cloud TPU pod,
+    Open MPI); a SLURM job step with several tasks is detected without being asked.
     """
     import jax
 
-    explicit = coordinator is not None
-    detected = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ
-    if not explicit and not detected:
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if coordinator == "auto" or (coordinator is None and slurm_tasks > 1):
+        coordinator = process_count = process_id = None
+    elif coordinator is None:
         return
+    explicit = coordinator is not None
     if explicit and (process_count is None or process_id is None):
         raise UserError("--coordinator needs --process_count and --process_id as well")
     if explicit and not 0 <= process_id < process_count:
