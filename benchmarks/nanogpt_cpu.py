@@ -22,9 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from launch.config import apply_overrides, load_config  # noqa: E402
-from launch.metadata import collect  # noqa: E402
-from train.logging import read_metrics  # noqa: E402
-from train.trainer import train  # noqa: E402
+from launch.cpu_devices import split_cpu  # noqa: E402
 
 # Measured with PyTorch nanoGPT, same model and recipe, on a 2-core CPU (issue #2).
 PYTORCH_REFERENCE = {"ms_per_iter": 45.0, "val_loss": 1.886, "source": "nanoGPT, 2-core CPU"}
@@ -53,6 +51,13 @@ def main() -> None:
         config,
         {"data.path": args.data, "train.steps": str(args.steps), "train.progress_bar": "false"},
     )
+    split_cpu(config)  # one XLA device per core, as `genlab train` does; before jax starts
+    import jax
+
+    from launch.metadata import collect
+    from train.logging import read_metrics
+    from train.trainer import train
+
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt_cpu_"))
     started = time.perf_counter()
     final = train(config, workdir)
@@ -80,7 +85,12 @@ def main() -> None:
         "final_val_loss": round(final["eval/loss"], 4),
         "val_loss_note": f"mean over {config.train.eval_batches} validation batches",
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "xla_devices": jax.device_count(),
+            "mesh": dict(config.mesh),
+        },
         "environment": collect(sys.argv),
         "pytorch_reference": PYTORCH_REFERENCE,
     }

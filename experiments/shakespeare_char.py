@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1: all devices left over by the other axes
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # On CPU only: split the CPU into this many XLA devices (-1: one per core, as many as divide
+    # the batch), which then run data-parallel. XLA runs this model's small ops one at a time,
+    # so one device per core is about 1.5x faster than one device using every core.
+    c.mesh.cpu_devices = -1
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "\n"

@@ -19,6 +19,7 @@ from launch.config import (
     save_config,
     split_config_args,
 )
+from launch.cpu_devices import split_cpu
 from launch.metadata import write_metadata
 from train.errors import UserError
 
@@ -35,11 +36,6 @@ class _Parser(argparse.ArgumentParser):
 def _train(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
     if args.num_processes > 1 and args.coordinator is None:
         return distributed.launch_local(_without_num_processes(args.argv), args.num_processes)
-    distributed.initialize(
-        args.coordinator, args.process_count, args.process_id, args.distributed_timeout
-    )
-    from train.trainer import Stopped, Trainer
-
     workdir = Path(args.workdir)
     if spec is None:
         if not (workdir / CONFIG_FILE).is_file():
@@ -50,6 +46,12 @@ def _train(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]
         apply_overrides(config, overrides)
     else:
         config = config_from_args(spec, overrides)
+    split_cpu(config)
+    distributed.initialize(
+        args.coordinator, args.process_count, args.process_id, args.distributed_timeout
+    )
+    from train.trainer import Stopped, Trainer
+
     trainer = Trainer(config, workdir)
     if trainer.is_lead:
         save_config(config, workdir / CONFIG_FILE)
@@ -82,6 +84,9 @@ def _without_num_processes(argv: list[str]) -> list[str]:
 
 def _load_run(workdir: Path, step: int | None, for_eval: bool):
     """A workdir's task and its restored state (newest checkpoint unless `step`)."""
+    config = read_config(workdir / CONFIG_FILE)
+    if for_eval:
+        split_cpu(config)  # before jax starts
     import jax
 
     from train.checkpoint import Checkpoints
@@ -89,7 +94,6 @@ def _load_run(workdir: Path, step: int | None, for_eval: bool):
     from train.tasks import build_task
     from train.trainer import place_state
 
-    config = read_config(workdir / CONFIG_FILE)
     task = build_task(config, workdir=workdir, load_data=for_eval)
     checkpoints = Checkpoints(workdir, read_only=True)
     steps = checkpoints.all_steps()

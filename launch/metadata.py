@@ -9,8 +9,6 @@ import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import jax
-
 PACKAGES = (
     "jax",
     "jaxlib",
@@ -39,6 +37,8 @@ def git_commit() -> str | None:
 
 
 def collect(argv: list[str]) -> dict:
+    import jax
+
     versions = {}
     for name in PACKAGES:
         try:

@@ -7,6 +7,7 @@ same module runs data-parallel, FSDP or tensor-parallel depending only on the ru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,43 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 DEFAULT_INIT_STD = 0.02
+
+
+@jax.custom_vjp
+def _matmul_2d(x: jax.Array, w: jax.Array) -> jax.Array:
+    return x @ w
+
+
+def _matmul_2d_fwd(x: jax.Array, w: jax.Array):
+    return x @ w, (x, w)
+
+
+def _matmul_2d_bwd(saved, grad):
+    x, w = saved
+    if jax.default_backend() != "cpu":
+        return grad @ w.T, x.T @ grad
+    # XLA's CPU backend turns the weight gradient x^T @ grad into a slow transposing matmul that
+    # also re-materialises the producer of the wide operand. Transposing the narrower operand
+    # first (behind a barrier, so XLA cannot fold it back) makes it a plain row-major matmul:
+    # about 20% off a whole GPT training step on 2 cores (benchmarks/README.md).
+    if x.shape[1] <= grad.shape[1]:
+        weight_grad = jax.lax.optimization_barrier(x.T) @ grad
+    else:
+        weight_grad = (jax.lax.optimization_barrier(grad.T) @ x).T
+    return grad @ w.T, weight_grad
+
+
+_matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
+
+
+def matmul(x: jax.Array, w: jax.Array, in_dims: int = 1) -> jax.Array:
+    """Contract the last `in_dims` axes of x with the first `in_dims` axes of w."""
+    in_shape, out_shape = w.shape[:in_dims], w.shape[in_dims:]
+    lead = x.shape[: x.ndim - in_dims]
+    y = _matmul_2d(
+        x.reshape(-1, math.prod(in_shape)), w.reshape(math.prod(in_shape), math.prod(out_shape))
+    )
+    return y.reshape(*lead, *out_shape)
 
 
 def partitioned(init: Initializer, axes: tuple[str | None, ...]) -> Initializer:
@@ -56,6 +94,36 @@ class LayerNorm(nn.Module):
         )(x)
 
 
+class Dense(nn.Module):
+    """A linear layer over the last axis whose kernel carries logical axis names (via `matmul`)."""
+
+    features: int
+    axes: tuple[str | None, str | None]
+    use_bias: bool = False
+    init_std: float = DEFAULT_INIT_STD
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            partitioned(normal(self.init_std), self.axes),
+            (x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                partitioned(nn.initializers.zeros, self.axes[1:]),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward block: Dense -> activation -> Dense -> dropout."""
 
@@ -69,24 +137,13 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        width = x.shape[-1]
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.Dense(
-            self.hidden_dim,
-            kernel_init=partitioned(normal(), ("embed", "mlp")),
-            bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
-            name="wi",
-            **common,
-        )(x)
+        h = Dense(self.hidden_dim, ("embed", "mlp"), name="wi", **common)(x)
         h = ACTIVATIONS[self.activation](h)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        out = nn.Dense(
-            width,
-            kernel_init=partitioned(normal(self.out_init_std), ("mlp", "embed")),
-            bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-            name="wo",
-            **common,
-        )(h)
+        out = Dense(x.shape[-1], ("mlp", "embed"), init_std=self.out_init_std, name="wo", **common)(
+            h
+        )
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
 
@@ -101,11 +158,11 @@ def sinusoidal_table(length: int, dim: int, max_timescale: float = 10_000.0) -> 
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, max_timescale: float = 10_000.0) -> jax.Array:
-    """Rotary position embedding (Su et al. 2021) on x of shape (batch, length, heads, head_dim)."""
+    """Rotary position embedding (Su et al. 2021) on x of shape (batch, heads, length, head_dim)."""
     half = x.shape[-1] // 2
     freqs = max_timescale ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions[..., None].astype(jnp.float32) * freqs  # (batch, length, half)
-    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    angles = positions[:, None, :, None].astype(jnp.float32) * freqs  # (batch, 1, length, half)
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
@@ -114,8 +171,10 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_timescale: float = 10_000
 class MultiHeadAttention(nn.Module):
     """Causal multi-head scaled-dot-product self-attention with an optional KV cache.
 
-    In decode mode the keys and values of every call are written into a cache of `max_len`
-    positions (collection `cache`), and queries attend to every cached position up to their own.
+    Computed heads-major, (batch, heads, length, head_dim), so the score and value products are
+    plain batched matmuls. In decode mode the keys and values of every call are written into a
+    cache of `max_len` positions (collection `cache`), and queries attend to every cached
+    position up to their own.
     """
 
     num_heads: int
@@ -135,17 +194,15 @@ class MultiHeadAttention(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
     ) -> jax.Array:
-        width = x.shape[-1]
+        length, width = x.shape[-2:]
         head_dim = width // self.num_heads
-        # Explicit parameters rather than nn.DenseGeneral: its flat-then-reshape initializer cannot
-        # carry 3- or 4-axis logical names under sharding rules.
         qkv_kernel = self.param(
             "qkv_kernel",
             partitioned(normal(), ("embed", None, "heads", "kv")),
             (width, 3, self.num_heads, head_dim),
             self.param_dtype,
         )
-        qkv = jnp.einsum("bte,ekhd->btkhd", x.astype(self.dtype), qkv_kernel.astype(self.dtype))
+        qkv = matmul(x.astype(self.dtype), qkv_kernel.astype(self.dtype))  # (b, t, 3, h, d)
         if self.use_bias:
             qkv_bias = self.param(
                 "qkv_bias",
@@ -154,29 +211,24 @@ class MultiHeadAttention(nn.Module):
                 self.param_dtype,
             )
             qkv = qkv + qkv_bias.astype(self.dtype)
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        query, key, value = qkv.transpose(2, 0, 3, 1, 4)  # each (b, h, t, d)
         if self.use_rope:
             query, key = apply_rope(query, positions), apply_rope(key, positions)
 
         if decode:
-            key, value, key_positions = self._update_cache(key, value)
+            key, value = self._update_cache(key, value)
+            # Slot j of the cache holds position j, so `j <= query position` is causal and also
+            # hides the slots not written yet.
+            mask = jnp.arange(self.max_len)[None, None, None, :] <= positions[:, None, :, None]
         else:
-            key_positions = positions
-        mask = key_positions[:, None, None, :] <= positions[:, None, :, None]
+            mask = np.tril(np.ones((length, length), dtype=bool))  # positions are 0..length-1
 
-        dropout_rng = None
-        if self.dropout > 0.0 and not deterministic:
-            dropout_rng = self.make_rng("dropout")
-        out = nn.dot_product_attention(
-            query,
-            key,
-            value,
-            mask=mask,
-            dropout_rng=dropout_rng,
-            dropout_rate=self.dropout,
-            deterministic=deterministic,
-            dtype=self.dtype,
-        )
+        query = query / jnp.sqrt(head_dim).astype(self.dtype)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)
+        scores = jnp.where(mask, scores, jnp.finfo(self.dtype).min)
+        weights = jax.nn.softmax(scores.astype(jnp.float32)).astype(self.dtype)
+        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         out_kernel = self.param(
             "out_kernel",
@@ -184,7 +236,7 @@ class MultiHeadAttention(nn.Module):
             (self.num_heads, head_dim, width),
             self.param_dtype,
         )
-        out = jnp.einsum("bthd,hde->bte", out, out_kernel.astype(self.dtype))
+        out = matmul(out, out_kernel.astype(self.dtype), in_dims=2)
         if self.use_bias:
             out_bias = self.param(
                 "out_bias",
@@ -195,24 +247,19 @@ class MultiHeadAttention(nn.Module):
             out = out + out_bias.astype(self.dtype)
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
-    def _update_cache(
-        self, key: jax.Array, value: jax.Array
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _update_cache(self, key: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Write this call's keys/values at the cache index; return the whole cache."""
-        batch, length, heads, head_dim = key.shape
-        shape = (batch, self.max_len, heads, head_dim)
+        batch, heads, length, head_dim = key.shape
+        shape = (batch, heads, self.max_len, head_dim)
         initialized = self.has_variable("cache", "key")
         cached_key = self.variable("cache", "key", jnp.zeros, shape, key.dtype)
         cached_value = self.variable("cache", "value", jnp.zeros, shape, value.dtype)
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-        # Slot j holds position j, so the causal test `j <= query position` also hides the
-        # slots not written yet.
-        key_positions = jnp.arange(self.max_len)[None, :].repeat(batch, 0)
         if initialized:
             start = index.value
-            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, start, 0))
             cached_value.value = jax.lax.dynamic_update_slice(
-                cached_value.value, value, (0, start, 0, 0)
+                cached_value.value, value, (0, 0, start, 0)
             )
             index.value = start + length
-        return cached_key.value, cached_value.value, key_positions
+        return cached_key.value, cached_value.value

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 
 from models.layers import (
     MLP,
+    Dense,
     LayerNorm,
     MultiHeadAttention,
+    matmul,
     normal,
     partitioned,
     sinusoidal_table,
@@ -135,14 +137,13 @@ class DecoderLM(nn.Module):
             use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final"
         )(x)
         if self.tie_embeddings:
-            logits = embed.attend(x)
+            logits = matmul(x, embed.embedding.T.astype(self.dtype))
         else:
-            logits = nn.Dense(
+            logits = Dense(
                 self.vocab_size,
-                use_bias=False,
+                ("embed", "vocab"),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
-                kernel_init=partitioned(normal(), ("embed", "vocab")),
                 name="head",
             )(x)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -105,3 +105,15 @@ def test_cli_argument_mistakes_are_one_line(tmp_path):
     _one_line_error(genlab("train", "--workdir", str(tmp_path / "w")), "--config")
     _one_line_error(genlab("fly"), "invalid choice: 'fly'")
     assert SHAKESPEARE.is_file()
+
+
+def test_cpu_is_split_into_as_many_devices_as_divide_the_batch():
+    from launch.cpu_devices import cpu_device_count
+
+    config = lm_config(**{"train.batch_size": "12"})
+    assert cpu_device_count(config, cores=2) == 2
+    assert cpu_device_count(config, cores=8) == 6  # the largest count <= 8 that divides 12
+    apply_overrides(config, {"train.grad_accum": "4"})  # micro-batches of 3
+    assert cpu_device_count(config, cores=8) == 3
+    apply_overrides(config, {"mesh.cpu_devices": "1"})
+    assert cpu_device_count(config, cores=8) == 1

@@ -78,3 +78,14 @@ def test_top_k_and_top_p_filters():
     )
     assert set(np.unique(draws)) == {0, 1}
     assert int(sample_tokens(jax.random.key(0), logits[0], temperature=0.0)) == 0
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_logits():
+    tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 13)
+    f32 = _model("rope")
+    params = nn.meta.unbox(f32.init(jax.random.key(1), tokens)["params"])
+    bf16 = f32.clone(dtype=jnp.bfloat16)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    full, half = f32.apply({"params": params}, tokens), bf16.apply({"params": params}, tokens)
+    assert half.dtype == jnp.float32  # logits are returned in float32 for the loss
+    np.testing.assert_allclose(half, full, atol=0.1)
