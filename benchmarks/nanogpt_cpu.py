@@ -24,8 +24,15 @@ sys.path.insert(0, str(REPO))
 from launch.config import apply_overrides, load_config  # noqa: E402
 from launch.cpu_devices import split_cpu  # noqa: E402
 
-# Measured with PyTorch nanoGPT, same model and recipe, on a 2-core CPU (issue #2).
-PYTORCH_REFERENCE = {"ms_per_iter": 45.0, "val_loss": 1.886, "source": "nanoGPT, 2-core CPU"}
+# The issue's figures for PyTorch nanoGPT with this recipe on a 2-core CPU; the same-machine
+# measurement of benchmarks/pytorch_reference.py is read from its JSON when present.
+NANOGPT_REPORTED = {
+    "ms_per_iter": 45.0,
+    "val_loss_20_batches": 1.886,
+    "source": "PyTorch nanoGPT on a 2-core CPU, as quoted in issue #2",
+}
+PYTORCH_JSON = REPO / "benchmarks/results/pytorch_reference.json"
+PRECISE_EVAL_BATCHES = 400
 
 
 def cpu_name() -> str:
@@ -36,6 +43,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _pytorch_summary() -> dict | None:
+    if not PYTORCH_JSON.is_file():
+        return None
+    ref = json.loads(PYTORCH_JSON.read_text())
+    keys = (
+        "mode",
+        "ms_per_iter_median",
+        "tokens_per_s",
+        "val_loss_20",
+        "val_loss_400",
+        "train_loss_20",
+        "total_wall_s",
+        "peak_rss_mib",
+    )
+    return {"file": str(PYTORCH_JSON.relative_to(REPO)), **{k: ref.get(k) for k in keys}}
 
 
 def main() -> None:
@@ -54,14 +78,17 @@ def main() -> None:
     split_cpu(config)  # one XLA device per core, as `genlab train` does; before jax starts
     import jax
 
-    from launch.metadata import collect
     from train.logging import read_metrics
-    from train.trainer import train
+    from train.metadata import collect
+    from train.trainer import evaluate_run, train
 
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt_cpu_"))
     started = time.perf_counter()
     final = train(config, workdir)
     wall = time.perf_counter() - started
+    precise = config.copy_and_resolve_references()
+    apply_overrides(precise, {"train.eval_batches": str(PRECISE_EVAL_BATCHES)})
+    _, precise_metrics = evaluate_run(precise, workdir)
 
     records = read_metrics(workdir)
     windows = [r["perf/step_time_s"] for r in records if "perf/step_time_s" in r]
@@ -84,6 +111,7 @@ def main() -> None:
         "final_train_loss_note": f"mean of the last {config.train.log_every} steps' batch losses",
         "final_val_loss": round(final["eval/loss"], 4),
         "val_loss_note": f"mean over {config.train.eval_batches} validation batches",
+        f"final_val_loss_{PRECISE_EVAL_BATCHES}_batches": round(precise_metrics["eval/loss"], 4),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "machine": {
             "cpu": cpu_name(),
@@ -92,7 +120,8 @@ def main() -> None:
             "mesh": dict(config.mesh),
         },
         "environment": collect(sys.argv),
-        "pytorch_reference": PYTORCH_REFERENCE,
+        "nanogpt_reported": NANOGPT_REPORTED,
+        "pytorch_same_machine": _pytorch_summary(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -16,14 +16,11 @@ from launch.config import (
     apply_overrides,
     config_from_args,
     read_config,
-    save_config,
     split_config_args,
 )
 from launch.cpu_devices import split_cpu
-from launch.metadata import write_metadata
 from train.errors import UserError
-
-CONFIG_FILE = "config.json"
+from train.metadata import CONFIG_FILE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,9 +50,6 @@ def _train(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]
     from train.trainer import Stopped, Trainer
 
     trainer = Trainer(config, workdir)
-    if trainer.is_lead:
-        save_config(config, workdir / CONFIG_FILE)
-        write_metadata(workdir, sys.argv)
     try:
         metrics = trainer.run()
     except Stopped as stopped:
@@ -82,52 +76,27 @@ def _without_num_processes(argv: list[str]) -> list[str]:
     return kept
 
 
-def _load_run(workdir: Path, step: int | None, for_eval: bool):
-    """A workdir's task and its restored state (newest checkpoint unless `step`)."""
+def _workdir_config(workdir: Path, overrides: dict[str, str]):
+    """A workdir's saved config; `overrides` change evaluation settings, not the model."""
     config = read_config(workdir / CONFIG_FILE)
-    if for_eval:
-        split_cpu(config)  # before jax starts
-    import jax
-
-    from train.checkpoint import Checkpoints
-    from train.partitioning import make_mesh
-    from train.tasks import build_task
-    from train.trainer import place_state
-
-    task = build_task(config, workdir=workdir, load_data=for_eval)
-    checkpoints = Checkpoints(workdir, read_only=True)
-    steps = checkpoints.all_steps()
-    if not steps:
-        raise UserError(f"--workdir {workdir}: no checkpoints to load")
-    if step is not None and step not in steps:
-        raise UserError(f"--step {step}: no such checkpoint; available: {steps}")
-    if for_eval:
-        mesh = make_mesh(config.mesh)
-    else:  # sampling needs no sharding: a one-device mesh works whatever trained the run
-        import ml_collections
-
-        mesh = make_mesh(
-            ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
-            devices=jax.devices()[:1],
-        )
-    state, placement, restored = place_state(task, mesh, config.seed, checkpoints, step)
-    return task, state, placement, restored
+    apply_overrides(config, overrides)
+    return config
 
 
 def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
-    import jax
+    workdir = Path(args.workdir)
+    config = _workdir_config(workdir, overrides)
+    split_cpu(config)  # before jax starts
+    from train.trainer import evaluate_run
 
-    from train import partitioning
-    from train.trainer import evaluate
+    per_example: dict = {}
+    step, metrics = evaluate_run(config, workdir, args.step, per_example)
+    if args.scores:
+        if not per_example:
+            raise UserError(f"--scores: task {config.task!r} gives no per-example scores")
+        import numpy as np
 
-    task, state, placement, step = _load_run(Path(args.workdir), args.step, for_eval=True)
-    with placement.active():
-        eval_step = jax.jit(
-            task.eval_step,
-            in_shardings=(placement.state, placement.batch),
-            out_shardings=partitioning.replicated(placement.mesh),
-        )
-        metrics = evaluate(task, state, eval_step, placement)
+        np.savez(args.scores, **per_example)
     print(json.dumps({"step": step, **metrics}))
     return 0
 
@@ -139,7 +108,14 @@ def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str
         raise UserError(f"--temperature={args.temperature}: must be >= 0 (0 is greedy)")
     if not 0.0 < args.top_p <= 1.0:
         raise UserError(f"--top_p={args.top_p}: must lie in (0, 1]")
-    task, state, _, _ = _load_run(Path(args.workdir), args.step, for_eval=False)
+    import jax
+
+    from train.trainer import restore_run
+
+    workdir = Path(args.workdir)
+    config = _workdir_config(workdir, {"mesh.data": "1", "mesh.fsdp": "1", "mesh.tensor": "1"})
+    # Sampling needs no sharding: one device works whatever mesh trained the run.
+    task, state, _, _ = restore_run(config, workdir, args.step, jax.devices()[:1], load_data=False)
     if not hasattr(task, "generate"):
         raise UserError(f"sample: task {task.config.task!r} does not generate text")
     prompt = args.prompt.encode().decode("unicode_escape")
@@ -222,6 +198,11 @@ def _parser() -> _Parser:
     evaluation.add_argument("--workdir", required=True)
     evaluation.add_argument(
         "--step", type=int, default=None, help="checkpoint step (default newest)"
+    )
+    evaluation.add_argument(
+        "--scores",
+        default=None,
+        help="write per-example scores (e.g. NLL for anomaly detection) here",
     )
     evaluation.set_defaults(run=_eval)
 

@@ -122,10 +122,6 @@ def config_from_args(spec: str, overrides: dict[str, str]) -> ml_collections.Con
     return config
 
 
-def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
-
-
 def read_config(path: Path) -> ml_collections.ConfigDict:
     """Read a workdir's `config.json` back as a locked ConfigDict (tuples come back as lists)."""
     if not path.is_file():

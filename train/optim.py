@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import ml_collections
 import optax
 
+from train.errors import UserError
+
+SCHEDULES = ("warmup_cosine", "stages", "constant")
+
 
 def learning_rate_schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up from 0 to `lr`, then cosine decay to `min_lr` at step `decay_steps`."""
+    """`warmup_cosine` (default): linear warm-up from 0 to `lr`, then cosine decay to `min_lr` at
+    step `decay_steps`. `stages`: `stage_lrs[i]` for `stage_steps[i]` steps each (the IWAE
+    paper's schedule). `constant`: `lr` throughout."""
+    kind = c.get("schedule", "warmup_cosine")
+    if kind == "constant":
+        return optax.constant_schedule(c.lr)
+    if kind == "stages":
+        lrs, lengths = list(c.stage_lrs), list(c.stage_steps)
+        if not lrs or len(lrs) != len(lengths):
+            raise UserError(
+                f"optim.stage_lrs={lrs} and optim.stage_steps={lengths} need the "
+                "same, non-zero length"
+            )
+        boundaries = [int(b) for b in itertools.accumulate(lengths)][:-1]
+        return optax.join_schedules([optax.constant_schedule(lr) for lr in lrs], boundaries)
+    if kind != "warmup_cosine":
+        raise UserError(f"optim.schedule={kind!r} is unknown; allowed: {', '.join(SCHEDULES)}")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=c.lr,

@@ -109,6 +109,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def global_batch(local: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
     """Assemble this process's rows of the batch into global arrays laid out as `shardings`."""
+    for name, value in local.items():
+        rows = len(value) * jax.process_count()
+        ways = data_parallel_size(shardings[name].mesh)
+        if rows % ways:
+            raise UserError(
+                f"a batch of {rows} rows ({name!r}) cannot be split over {ways} data-parallel "
+                "devices; make the batch sizes (train.batch_size, train.eval_batch_size) "
+                f"multiples of {ways}"
+            )
     return {
         name: jax.make_array_from_process_local_data(shardings[name], np.asarray(value))
         for name, value in local.items()

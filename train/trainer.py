@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from train import partitioning
 from train.checkpoint import Checkpoints, abstract_with_shardings
 from train.errors import UserError
 from train.logging import MetricWriter, Progress
+from train.metadata import CONFIG_FILE, save_config, write_metadata
 from train.perf import peak_flops_per_device
 from train.tasks import build_task
 from train.tasks.base import Task
@@ -71,14 +73,77 @@ def place_state(
     return init(rng), placement, 0
 
 
-def evaluate(task: Task, state: Any, eval_step: Any, placement: Placement) -> dict[str, float]:
-    """Sum the task's eval statistics over its eval batches and summarise them."""
-    totals: dict[str, np.ndarray] = {}
+def evaluate(
+    task: Task,
+    state: Any,
+    eval_step: Any,
+    placement: Placement,
+    per_example: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Sum the task's eval statistics over its eval batches and summarise them.
+
+    Entries named `per_example/...` are concatenated across batches instead of summed (and
+    copied into `per_example` when given, e.g. for anomaly scores).
+    """
+    totals: dict[str, Any] = {}
     for local in task.eval_batches():
         sums = jax.device_get(eval_step(state, partitioning.global_batch(local, placement.batch)))
         for key, value in sums.items():
-            totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
+            if key.startswith("per_example/"):
+                totals.setdefault(key, []).append(np.asarray(value))
+            else:
+                totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
+    for key, value in totals.items():
+        if key.startswith("per_example/"):
+            totals[key] = np.concatenate(value)
+    if per_example is not None:  # without the padding rows (weight 0) of a last partial batch
+        real = totals.get("per_example/weight")
+        for key, value in totals.items():
+            if key.startswith("per_example/") and key != "per_example/weight":
+                per_example[key.removeprefix("per_example/")] = (
+                    value if real is None else value[real > 0]
+                )
     return task.summarize_eval(totals)
+
+
+def jit_eval_step(task: Task, placement: Placement) -> Any:
+    return jax.jit(
+        task.eval_step,
+        in_shardings=(placement.state, placement.batch),
+        out_shardings=partitioning.replicated(placement.mesh),
+    )
+
+
+def restore_run(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    step: int | None = None,
+    devices: list[jax.Device] | None = None,
+    load_data: bool = True,
+) -> tuple[Task, Any, Placement, int]:
+    """A workdir's task and its state restored from checkpoint `step` (default newest)."""
+    task = build_task(config, workdir=workdir, load_data=load_data)
+    checkpoints = Checkpoints(workdir, read_only=True)
+    steps = checkpoints.all_steps()
+    if not steps:
+        raise UserError(f"--workdir {workdir}: no checkpoints to load")
+    if step is not None and step not in steps:
+        raise UserError(f"--step {step}: no such checkpoint; available: {sorted(steps)}")
+    mesh = partitioning.make_mesh(config.mesh, devices)
+    state, placement, restored = place_state(task, mesh, config.seed, checkpoints, step)
+    return task, state, placement, restored
+
+
+def evaluate_run(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    step: int | None = None,
+    per_example: dict[str, np.ndarray] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """Evaluate a workdir's checkpoint with the task's eval metrics."""
+    task, state, placement, step = restore_run(config, workdir, step)
+    with placement.active():
+        return step, evaluate(task, state, jit_eval_step(task, placement), placement, per_example)
 
 
 class SignalFlag:
@@ -132,6 +197,8 @@ class Trainer:
         """Train to the configured number of steps; return the last logged metrics."""
         t = self.config.train
         if self.is_lead:
+            save_config(self.config, self.workdir / CONFIG_FILE)
+            write_metadata(self.workdir, sys.argv)
             self.task.save_assets(self.workdir)
         state, placement, start = place_state(
             self.task, self.mesh, self.config.seed, self.checkpoints
@@ -163,11 +230,7 @@ class Trainer:
                 donate_argnums=0,
             )
             train_step = train_step.lower(state, example).compile()
-            eval_step = jax.jit(
-                task.eval_step,
-                in_shardings=(placement.state, placement.batch),
-                out_shardings=replicated,
-            )
+            eval_step = jit_eval_step(task, placement)
         return train_step, eval_step, time.perf_counter() - started
 
     def _loop(

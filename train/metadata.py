@@ -1,4 +1,5 @@
-"""`metadata.json`: what ran, where and with which versions, so any result can be traced back."""
+"""What a workdir records about its run: `config.json` (the resolved config) and `metadata.json`
+(command, git commit, package versions, devices), so any result can be traced back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+
+import ml_collections
 
 PACKAGES = (
     "jax",
@@ -57,6 +60,13 @@ def collect(argv: list[str]) -> dict:
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
     }
+
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
+    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_metadata(workdir: Path, argv: list[str]) -> None:
