@@ -48,8 +48,8 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     """Peak FLOP/s of one device, from the table above or measured for CPUs; None if unknown."""
     device = device or jax.devices()[0]
     if device.platform == "cpu":
-        # XLA's CPU client is one device using every core, so the measured peak covers them all.
-        return measured_cpu_peak_flops()
+        # The measured rate is the whole CPU's (every XLA CPU device shares its cores).
+        return measured_cpu_peak_flops() / jax.local_device_count("cpu")
     kind = device.device_kind
     for name, flops in PEAK_FLOPS_BY_KIND.items():
         if name.lower() in kind.lower():
