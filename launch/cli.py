@@ -22,6 +22,8 @@ from launch.cpu_devices import split_cpu
 from train.errors import UserError
 from train.metadata import CONFIG_FILE
 
+DEFAULT_FID_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/data/fid_inception_v3"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as a UserError (one line, exit 2) instead of a usage dump."""
@@ -87,6 +89,8 @@ def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str])
     workdir = Path(args.workdir)
     config = _workdir_config(workdir, overrides)
     split_cpu(config)  # before jax starts
+    if args.metric == "fid":
+        return _eval_fid(args, config, workdir)
     from train.trainer import evaluate_run
 
     per_example: dict = {}
@@ -98,6 +102,23 @@ def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str])
 
         np.savez(args.scores, **per_example)
     print(json.dumps({"step": step, **metrics}))
+    return 0
+
+
+def _eval_fid(args: argparse.Namespace, config, workdir: Path) -> int:
+    from train.metrics.fid import FeatureExtractor, check_rank
+    from train.metrics.generated import generated_image_scores
+    from train.trainer import restore_run
+
+    check_rank(args.num_samples)  # before any slow work
+    task, state, _, step = restore_run(config, workdir, args.step)
+    extractor = FeatureExtractor(args.fid_weights)
+    scores = generated_image_scores(
+        task, state, args.num_samples, extractor, Path(args.fid_cache), args.fid_split
+    )
+    result = {"step": step, **scores}
+    (workdir / f"fid_step{step}_n{args.num_samples}.json").write_text(json.dumps(result) + "\n")
+    print(json.dumps(result))
     return 0
 
 
@@ -199,6 +220,29 @@ def _parser() -> _Parser:
     evaluation.add_argument(
         "--step", type=int, default=None, help="checkpoint step (default newest)"
     )
+    evaluation.add_argument(
+        "--metric",
+        choices=("task", "fid"),
+        default="task",
+        help="task: the family's eval metrics; fid: FID/KID of samples",
+    )
+    evaluation.add_argument(
+        "--num_samples",
+        type=int,
+        default=10_000,
+        help="fid: samples and reference images (>= 2049)",
+    )
+    evaluation.add_argument(
+        "--fid_weights",
+        default=str(DEFAULT_FID_WEIGHTS),
+        help="folder of the FID Inception weights (.npz + layers.json)",
+    )
+    evaluation.add_argument(
+        "--fid_cache",
+        default=str(Path.home() / ".cache/genlab/fid"),
+        help="where reference statistics are cached",
+    )
+    evaluation.add_argument("--fid_split", default="test", help="reference split")
     evaluation.add_argument(
         "--scores",
         default=None,

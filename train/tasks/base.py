@@ -11,6 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from train.errors import UserError
+
 Batch = dict[str, Any]
 
 
@@ -64,6 +66,14 @@ class Task(abc.ABC):
         Returns text worth logging, if any.
         """
         return None
+
+    def sample_images(self, state: Any, count: int, seed: int) -> Iterator[np.ndarray]:
+        """Image families: `count` model samples as [0, 1] arrays (N, H, W, C), in chunks."""
+        raise UserError(f"task {self.config.task!r} does not generate images (no FID for it)")
+
+    def reference_images(self, split: str) -> np.ndarray:
+        """Image families: the dataset split's images as [0, 1] floats (N, H, W, C)."""
+        raise UserError(f"task {self.config.task!r} has no reference images")
 
     def examples_per_step(self) -> tuple[str, float]:
         """The unit of throughput and how many of them one step processes (e.g. tokens)."""

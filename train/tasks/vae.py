@@ -244,6 +244,26 @@ class Task(base.Task):
     def examples_per_step(self) -> tuple[str, float]:
         return "images", float(self.config.train.batch_size)
 
+    # -- generated images (FID) ----------------------------------------------------------------
+    def sample_images(self, state: TrainState, count: int, seed: int) -> Iterator[np.ndarray]:
+        """Decoder means of prior samples (Bernoulli probabilities / grey levels) in [0, 1]."""
+        draw = jax.jit(
+            lambda params, rng, n: self.model.apply(
+                {"params": params}, rng, n, method=_sample_images
+            ),
+            static_argnums=2,
+        )
+        chunk = 500
+        for index, start in enumerate(range(0, count, chunk)):
+            n = min(chunk, count - start)
+            images = draw(state.params, jax.random.fold_in(jax.random.key(seed), index), n)
+            yield self._to_unit(np.asarray(images))
+
+    def reference_images(self, split: str) -> np.ndarray:
+        d = self.config.data
+        images, _ = image_data.load_split(d.name, d.path, split)
+        return image_data.scale(images, "unit")
+
     # -- pictures --------------------------------------------------------------------------------
     def write_samples(self, state: TrainState, step: int, workdir: Path) -> None:
         pictures = draw_pictures(
