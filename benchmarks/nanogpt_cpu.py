@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from launch.config import apply_overrides, load_config  # noqa: E402
 from launch.cpu_devices import split_cpu  # noqa: E402
+from train.metadata import cpu_name  # noqa: E402
 
 # The figures for PyTorch nanoGPT with this recipe on a 2-core CPU; the same-machine
 # measurement of benchmarks/pytorch_reference.py is read from its JSON when present.
@@ -33,16 +33,6 @@ NANOGPT_REPORTED = {
 }
 PYTORCH_JSON = REPO / "benchmarks/results/pytorch_reference.json"
 PRECISE_EVAL_BATCHES = 400
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _pytorch_summary() -> dict | None:

@@ -29,6 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from train.metadata import cpu_name  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared/data/tinyshakespeare/input.txt"
 DEFAULT_OUT = REPO / "benchmarks/results/pytorch_reference.json"
 SKIP_ITERS = 20  # per-iteration times left out of the median (warm-up)
@@ -195,17 +199,6 @@ def mean_loss(
 
 # ----------------------------------------------------------------------------------------------
 # Machine
-
-
-def cpu_name() -> str:
-    """CPU model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_busy_s() -> float | None:

@@ -17,20 +17,26 @@ import ml_collections
 from train.errors import UserError
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Load `file.py[:variant]` and call its `get_config(variant)`."""
-    path, _, variant = spec.partition(":")
+def load_python_file(path: str, function: str, flag: str, kind: str, expected: str) -> Any:
+    """Import an experiment or sweep file by path; it must define `function`."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(
-            f"--config: no such config file {path!r} (expected experiments/NAME.py[:variant])"
-        )
-    module_spec = importlib.util.spec_from_file_location(f"genlab_config_{file.stem}", file)
+        raise UserError(f"{flag}: no such {kind} file {path!r} (expected {expected})")
+    module_spec = importlib.util.spec_from_file_location(f"genlab_{kind}_{file.stem}", file)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UserError(f"--config: {path} defines no get_config(variant)")
+    if not hasattr(module, function):
+        raise UserError(f"{flag}: {path} defines no {function}()")
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load `file.py[:variant]` and call its `get_config(variant)`."""
+    path, _, variant = spec.partition(":")
+    module = load_python_file(
+        path, "get_config", "--config", "config", "experiments/NAME.py[:variant]"
+    )
     variants = getattr(module, "VARIANTS", None)
     if variants is not None and variant not in variants:
         raise UserError(

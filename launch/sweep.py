@@ -7,7 +7,6 @@ which also holds `sweep.json`: the runs, their overrides, commands and status.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launch.config import apply_overrides, load_config
+from launch.config import apply_overrides, load_config, load_python_file
 from train.errors import UserError
 
 MANIFEST = "sweep.json"
@@ -103,15 +102,7 @@ class Run:
 
 
 def load_sweep(path: str) -> Sweep:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"sweep: no such sweep file {path!r} (expected experiments/sweeps/NAME.py)")
-    spec = importlib.util.spec_from_file_location(f"genlab_sweep_{file.stem}", file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise UserError(f"sweep: {path} defines no get_sweep()")
+    module = load_python_file(path, "get_sweep", "sweep", "sweep", "experiments/sweeps/NAME.py")
     return module.get_sweep()
 
 

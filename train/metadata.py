@@ -39,6 +39,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), for benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def collect(argv: list[str]) -> dict:
     import jax
 
@@ -54,6 +65,7 @@ def collect(argv: list[str]) -> dict:
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "host": platform.node(),
+        "cpu": cpu_name(),
         "versions": versions,
         "platform": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
