@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 LM_CONFIG = REPO / "experiments" / "shakespeare_char.py"
+VAE_CONFIG = REPO / "experiments" / "vae_mnist.py"
 
 
 def lm_config(**overrides: str):
@@ -35,6 +36,15 @@ def lm_config(**overrides: str):
 
     config = load_config(f"{LM_CONFIG}:test")
     apply_overrides(config, {"data.path": str(SHAKESPEARE), **overrides})
+    return config
+
+
+def vae_config(**overrides: str):
+    """The `test` variant of the MNIST VAE on the local files, with dotted-key overrides."""
+    from launch.config import apply_overrides, load_config
+
+    config = load_config(f"{VAE_CONFIG}:test")
+    apply_overrides(config, {"data.path": str(DATA / "mnist"), **overrides})
     return config
 
 

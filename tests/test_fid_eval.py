@@ -7,17 +7,13 @@ checked in test_fid.py.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import numpy as np
-from conftest import genlab
-from test_vae import VAE_CONFIG, vae_config
+from conftest import VAE_CONFIG, genlab, vae_config
 
-from train.checkpoint import Checkpoints
 from train.metrics import fid
 from train.metrics.generated import generated_image_scores
-from train.tasks.vae import Task
-from train.trainer import train
+from train.trainer import restore_run, train
 
 
 class ProjectionFeatures:
@@ -39,15 +35,14 @@ class ProjectionFeatures:
 def test_fid_of_vae_samples_and_of_real_images(tmp_path):
     config = vae_config(**{"mesh.data": "1", "train.steps": "30"})
     train(config, tmp_path / "run", devices=jax.devices()[:1])
-    task = Task(config, tmp_path / "run")
-    abstract = nn.meta.unbox(jax.eval_shape(task.init_state, jax.random.key(0)))
-    state = Checkpoints(tmp_path / "run", read_only=True).restore(abstract)
+    task, state, _, _ = restore_run(config, tmp_path / "run", devices=jax.devices()[:1])
     features = ProjectionFeatures()
 
     scores = generated_image_scores(task, state, 2100, features, tmp_path / "cache")
     assert scores["eval/fid"] > 1.0 and scores["fid/num_samples"] == 2100
     assert "mnist/test" in scores["fid/reference"] and "bilinear" in scores["fid/resize"]
     assert list((tmp_path / "cache").glob("fid-mnist-test-2100-*.npz"))
+    assert list((tmp_path / "cache").glob("fid-mnist-test-kid-features-2000-*.npz"))
 
     task.sample_images = lambda state, count, seed: iter([task.reference_images("test")[:count]])
     perfect = generated_image_scores(task, state, 2100, features, tmp_path / "cache")

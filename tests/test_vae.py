@@ -9,24 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DATA, REPO, genlab
+from conftest import DATA, VAE_CONFIG, genlab, vae_config
 
-from launch.config import apply_overrides, load_config
 from models.vae import VAE, gaussian_log_prob, kl_to_standard_normal
 from train.data import images as image_data
 from train.errors import UserError
 from train.logging import read_metrics
-from train.tasks.vae import Task, importance_weighted_nll, log_mean_exp
-from train.trainer import train
+from train.tasks.vae import importance_weighted_nll, log_mean_exp
+from train.trainer import restore_run, train
 
-VAE_CONFIG = REPO / "experiments" / "vae_mnist.py"
 ONE_DEVICE = {"mesh.data": "1"}
-
-
-def vae_config(**overrides: str):
-    config = load_config(f"{VAE_CONFIG}:test")
-    apply_overrides(config, {"data.path": str(DATA / "mnist"), **overrides})
-    return config
 
 
 def test_closed_form_kl_matches_monte_carlo():
@@ -44,13 +36,7 @@ def briefly_trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("vae")
     config = vae_config(**{"train.steps": "200", "optim.lr": "3e-3", **ONE_DEVICE})
     train(config, workdir, devices=jax.devices()[:1])
-    task = Task(config, workdir)
-    from train.checkpoint import Checkpoints
-
-    abstract = jax.eval_shape(task.init_state, jax.random.key(0))
-    import flax.linen as nn
-
-    state = Checkpoints(workdir, read_only=True).restore(nn.meta.unbox(abstract))
+    task, state, _, _ = restore_run(config, workdir, devices=jax.devices()[:1])
     return task, state.params, workdir
 
 

@@ -16,6 +16,7 @@ from train.metrics import fid
 from train.tasks.base import Task
 
 DEFAULT_CACHE = Path.home() / ".cache" / "genlab" / "fid"
+KID_IMAGES = 2000  # per side; KID is unbiased, so a fixed subset size is enough
 
 
 def generated_image_scores(
@@ -36,15 +37,26 @@ def generated_image_scores(
     for features in extractor.batches(task.sample_images(state, num_samples, seed)):
         fake.update(features)
         fake_features.append(features)
+    reference = task.reference_images(split)  # loaded once for both scores
     mu, sigma = fid.reference_statistics(
-        name, split, num_samples, lambda: task.reference_images(split), cache_dir, extractor
+        name, split, num_samples, lambda: reference, cache_dir, extractor
     )
-    real_features = extractor(fid._first(task.reference_images(split), min(num_samples, 2000)))
+    kid_count = min(num_samples, KID_IMAGES)
+    kid_cache = fid.statistics_cache_path(cache_dir, name, f"{split}-kid-features", kid_count)
+    if kid_cache.is_file():
+        with np.load(kid_cache) as cached:
+            real_features = cached["features"]
+    else:  # Inception on the reference images is the slow part: do it once per split
+        real_features = extractor(reference[:kid_count])
+        kid_cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = kid_cache.with_name(kid_cache.name + ".partial.npz")
+        np.savez(partial, features=real_features)
+        partial.replace(kid_cache)
     kid_mean, kid_std = fid.kid(
-        np.concatenate(fake_features)[:2000],
+        np.concatenate(fake_features)[:kid_count],
         real_features,
         subsets=10,
-        subset_size=min(1000, len(real_features)),
+        subset_size=min(1000, kid_count),
     )
     return {
         "eval/fid": fid.frechet_distance(*fake.statistics(), mu, sigma),
