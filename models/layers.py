@@ -169,16 +169,19 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_timescale: float = 10_000
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head scaled-dot-product self-attention with an optional KV cache.
+    """Multi-head scaled-dot-product self-attention (causal by default) with an optional KV cache.
 
     Computed heads-major, (batch, heads, length, head_dim), so the score and value products are
     plain batched matmuls. In decode mode the keys and values of every call are written into a
     cache of `max_len` positions (collection `cache`), and queries attend to every cached
-    position up to their own.
+    position up to their own. `causal=False` gives bidirectional attention (encoders, image
+    patches); `mask` (True = may attend, broadcastable to (batch, heads, query, key)) further
+    restricts it, e.g. to hide padding.
     """
 
     num_heads: int
     max_len: int
+    causal: bool = True
     dropout: float = 0.0
     use_rope: bool = False
     use_bias: bool = False
@@ -193,6 +196,7 @@ class MultiHeadAttention(nn.Module):
         positions: jax.Array,
         deterministic: bool = True,
         decode: bool = False,
+        mask: jax.Array | None = None,
     ) -> jax.Array:
         length, width = x.shape[-2:]
         head_dim = width // self.num_heads
@@ -219,13 +223,17 @@ class MultiHeadAttention(nn.Module):
             key, value = self._update_cache(key, value)
             # Slot j of the cache holds position j, so `j <= query position` is causal and also
             # hides the slots not written yet.
-            mask = jnp.arange(self.max_len)[None, None, None, :] <= positions[:, None, :, None]
+            allowed = jnp.arange(self.max_len)[None, None, None, :] <= positions[:, None, :, None]
+        elif self.causal:
+            allowed = np.tril(np.ones((length, length), dtype=bool))  # positions are 0..length-1
         else:
-            mask = np.tril(np.ones((length, length), dtype=bool))  # positions are 0..length-1
+            allowed = np.ones((length, length), dtype=bool)
+        if mask is not None:
+            allowed = jnp.logical_and(allowed, mask)
 
         query = query / jnp.sqrt(head_dim).astype(self.dtype)
         scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)
-        scores = jnp.where(mask, scores, jnp.finfo(self.dtype).min)
+        scores = jnp.where(allowed, scores, jnp.finfo(self.dtype).min)
         weights = jax.nn.softmax(scores.astype(jnp.float32)).astype(self.dtype)
         weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)

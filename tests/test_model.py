@@ -89,3 +89,21 @@ def test_bfloat16_compute_keeps_float32_params_and_close_logits():
     full, half = f32.apply({"params": params}, tokens), bf16.apply({"params": params}, tokens)
     assert half.dtype == jnp.float32  # logits are returned in float32 for the loss
     np.testing.assert_allclose(half, full, atol=0.1)
+
+
+def test_bidirectional_attention_sees_the_future_and_masks_hide_keys():
+    from models.layers import MultiHeadAttention
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
+    attention = MultiHeadAttention(num_heads=2, max_len=6, causal=False)
+    params = attention.init(jax.random.key(1), x, positions)["params"]
+    changed = x.at[:, 4:].add(1.0)
+    a = attention.apply({"params": params}, x, positions)
+    b = attention.apply({"params": params}, changed, positions)
+    assert not np.allclose(a[:, :4], b[:, :4])  # every position sees the changed ones
+
+    keep = jnp.arange(6)[None, None, None, :] < 4  # keys 4 and 5 hidden (padding)
+    a = attention.apply({"params": params}, x, positions, mask=keep)
+    b = attention.apply({"params": params}, changed, positions, mask=keep)
+    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-6)
