@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "tiny_shakespeare"  # matches experiments/references.py
     c.data.path = ""  # a local text file; empty fetches Tiny Shakespeare once (needs internet)
     c.data.tokenizer = "char"
+    c.data.vocab_size = 0  # subword tokenizers only: entries to learn (char: the text's characters)
     c.data.val_fraction = 0.1
     c.data.block_size = 64
 

@@ -34,7 +34,8 @@ class CharTokenizer:
         self.vocab_size = len(chars)
 
     @classmethod
-    def fit(cls, text: str) -> CharTokenizer:
+    def fit(cls, text: str, vocab_size: int = 0) -> CharTokenizer:
+        """`vocab_size` is ignored: the vocabulary is the text's characters."""
         return cls("".join(sorted(set(text))))
 
     def encode(self, text: str) -> np.ndarray:
@@ -56,12 +57,13 @@ class CharTokenizer:
 TOKENIZER_KINDS = {"char": CharTokenizer}
 
 
-def fit_tokenizer(kind: str, text: str) -> Tokenizer:
+def fit_tokenizer(kind: str, text: str, vocab_size: int = 0) -> Tokenizer:
+    """A tokenizer of `kind` trained on `text`; subword kinds learn `vocab_size` entries."""
     if kind not in TOKENIZER_KINDS:
         raise UserError(
             f"data.tokenizer={kind!r} is unknown; allowed: {', '.join(TOKENIZER_KINDS)}"
         )
-    return TOKENIZER_KINDS[kind].fit(text)
+    return TOKENIZER_KINDS[kind].fit(text, vocab_size)
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:

@@ -72,7 +72,9 @@ class Task(base.Task):
         if load_data:
             text = load_text(config.data.path)
             if self.tokenizer is None:
-                self.tokenizer = tokenizers.fit_tokenizer(config.data.tokenizer, text)
+                self.tokenizer = tokenizers.fit_tokenizer(
+                    config.data.tokenizer, text, config.data.get("vocab_size", 0)
+                )
             train_tokens, val_tokens = split_tokens(
                 self.tokenizer.encode(text), config.data.val_fraction
             )
