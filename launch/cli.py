@@ -22,8 +22,6 @@ from launch.cpu_devices import split_cpu
 from train.errors import UserError
 from train.metadata import CONFIG_FILE
 
-DEFAULT_FID_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/data/fid_inception_v3"
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as a UserError (one line, exit 2) instead of a usage dump."""
@@ -87,6 +85,8 @@ def _workdir_config(workdir: Path, overrides: dict[str, str]):
 
 def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
     workdir = Path(args.workdir)
+    if args.metric == "fid":  # Inception dominates: one XLA device per core (fid.py says why)
+        overrides = {"mesh.cpu_devices": "-1", **overrides}
     config = _workdir_config(workdir, overrides)
     split_cpu(config)  # before jax starts
     if args.metric == "fid":
@@ -107,12 +107,12 @@ def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str])
 
 def _eval_fid(args: argparse.Namespace, config, workdir: Path) -> int:
     from train.metrics.fid import FeatureExtractor, check_rank
-    from train.metrics.generated import generated_image_scores
+    from train.metrics.generated import DEFAULT_WEIGHTS, generated_image_scores
     from train.trainer import restore_run
 
     check_rank(args.num_samples)  # before any slow work
     task, state, _, step = restore_run(config, workdir, args.step)
-    extractor = FeatureExtractor(args.fid_weights)
+    extractor = FeatureExtractor(args.fid_weights or DEFAULT_WEIGHTS)
     scores = generated_image_scores(
         task, state, args.num_samples, extractor, Path(args.fid_cache), args.fid_split
     )
@@ -234,8 +234,9 @@ def _parser() -> _Parser:
     )
     evaluation.add_argument(
         "--fid_weights",
-        default=str(DEFAULT_FID_WEIGHTS),
-        help="folder of the FID Inception weights (.npz + layers.json)",
+        default="",
+        help="folder of the FID Inception weights (.npz + layers.json); "
+        "default ../shared/data/fid_inception_v3",
     )
     evaluation.add_argument(
         "--fid_cache",

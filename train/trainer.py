@@ -143,7 +143,8 @@ def evaluate_run(
     """Evaluate a workdir's checkpoint with the task's eval metrics."""
     task, state, placement, step = restore_run(config, workdir, step)
     with placement.active():
-        return step, evaluate(task, state, jit_eval_step(task, placement), placement, per_example)
+        metrics = evaluate(task, state, jit_eval_step(task, placement), placement, per_example)
+    return step, {**metrics, **task.evaluate_state(state)}
 
 
 class SignalFlag:
@@ -304,6 +305,7 @@ class Trainer:
                 if evaluating:
                     with placement.active():
                         summary.update(evaluate(task, state, eval_step, placement))
+                    summary.update(task.evaluate_state(state))
                     text = task.write_samples(state, step, self.workdir)  # every process
                     if text is not None:
                         writer.write_text(step, "samples", text)

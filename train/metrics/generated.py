@@ -16,7 +16,14 @@ from train.metrics import fid
 from train.tasks.base import Task
 
 DEFAULT_CACHE = Path.home() / ".cache" / "genlab" / "fid"
+# ../shared/data beside the checkout, where the project keeps its data.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "fid_inception_v3"
 KID_IMAGES = 2000  # per side; KID is unbiased, so a fixed subset size is enough
+
+
+def kid_features_path(cache_dir: Path, name: str, split: str, count: int) -> Path:
+    """Where the Inception features of a split's first `count` images are cached for KID."""
+    return fid.statistics_cache_path(cache_dir, name, f"{split}-kid-features", count)
 
 
 def generated_image_scores(
@@ -42,16 +49,13 @@ def generated_image_scores(
         name, split, num_samples, lambda: reference, cache_dir, extractor
     )
     kid_count = min(num_samples, KID_IMAGES)
-    kid_cache = fid.statistics_cache_path(cache_dir, name, f"{split}-kid-features", kid_count)
+    kid_cache = kid_features_path(cache_dir, name, split, kid_count)
     if kid_cache.is_file():
         with np.load(kid_cache) as cached:
             real_features = cached["features"]
     else:  # Inception on the reference images is the slow part: do it once per split
         real_features = extractor(reference[:kid_count])
-        kid_cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = kid_cache.with_name(kid_cache.name + ".partial.npz")
-        np.savez(partial, features=real_features)
-        partial.replace(kid_cache)
+        fid.save_npz_atomic(kid_cache, features=real_features)
     kid_mean, kid_std = fid.kid(
         np.concatenate(fake_features)[:kid_count],
         real_features,
@@ -68,3 +72,19 @@ def generated_image_scores(
         "fid/inputs": "float32 in [0, 1] (not quantised to uint8)",
         "fid/weights_sha256": fid.WEIGHTS_SHA256[:12],
     }
+
+
+class SampleQuality:
+    """FID and KID of a task's samples during training (`config.eval.fid_samples` > 0), with the
+    Inception weights loaded once, on first use."""
+
+    def __init__(self, weights_dir: str | Path = "", cache_dir: Path = DEFAULT_CACHE) -> None:
+        self.weights_dir = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS
+        self.cache_dir = cache_dir
+        self._extractor: fid.FeatureExtractor | None = None
+
+    def __call__(self, task: Task, state: Any, num_samples: int) -> dict[str, float]:
+        if self._extractor is None:
+            self._extractor = fid.FeatureExtractor(self.weights_dir)
+        scores = generated_image_scores(task, state, num_samples, self._extractor, self.cache_dir)
+        return {k: float(v) for k, v in scores.items() if k.startswith("eval/")}

@@ -67,6 +67,11 @@ class Task(abc.ABC):
         """
         return None
 
+    def evaluate_state(self, state: Any) -> dict[str, float]:
+        """Metrics of the state itself rather than of eval batches (e.g. FID of samples), added
+        to the eval metrics at every eval. Called on every process."""
+        return {}
+
     def sample_images(self, state: Any, count: int, seed: int) -> Iterator[np.ndarray]:
         """Image families: `count` model samples as [0, 1] arrays (N, H, W, C), in chunks."""
         raise UserError(f"task {self.config.task!r} does not generate images (no FID for it)")
