@@ -8,15 +8,17 @@ Table 3), sized by one `width` and the image size:
   a sub-pixel conv (Shi et al. 2016: a 3x3 conv to 4x the channels, then depth-to-space), whose
   gradient XLA's CPU backend computes 5-10x faster than the transposed conv's.
 - discriminator: n x [3x3 conv, 4x4 stride-2 conv] with widths width*2^i, a last 3x3 conv of
-  width*2^n, LeakyReLU(0.1) after each, then a linear output. Optionally every layer is spectrally
-  normalized (Flax's `nn.SpectralNorm`, whose power-iteration vectors live in the `spectral`
-  collection; its parameters then carry no logical axis names and are replicated) and, for
+  width*2^n, LeakyReLU(0.1) after each, then a linear output. Its layers are normalized as DCGAN
+  does (`batch`: batch norm after every conv but the first), or spectrally (`spectral`: Flax's
+  `nn.SpectralNorm`, whose power-iteration vectors live in the `spectral` collection; its
+  parameters then carry no logical axis names and are replicated), or not at all (`none`; for
+  WGAN-GP and R1, whose penalties need each example's gradient on its own), and, for
   class-conditional models, a projection term <embed(y), features> is added (Miyato & Koyama
   2018).
 
-The generator's batch norm always normalizes with the statistics of the batch being generated,
-as DCGAN code does when it samples in training mode: there are no running averages to keep, and
-samples are drawn in large batches (500 for FID), where the statistics are stable.
+Batch norm always normalizes with the statistics of the batch at hand, as DCGAN code does when
+it samples in training mode: there are no running averages to keep, and samples are drawn in
+large batches (500 for FID), where the statistics are stable.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 from models.layers import partitioned
 
 SPECTRAL = "spectral"  # the variable collection of the spectral-norm power iteration
+D_NORMS = ("batch", "spectral", "none")
 UPSAMPLING = ("transposed", "subpixel")
 
 
@@ -50,6 +53,16 @@ def _named(init: nn.initializers.Initializer, axes: tuple[str | None, ...], boxe
 
 def _conv_init(boxed: bool = True):
     return _named(nn.initializers.normal(0.02), (None, None, "conv_in", "conv_out"), boxed)
+
+
+def _batch_norm(name: str) -> nn.BatchNorm:
+    """Batch norm over the batch at hand, never running averages (see the module doc)."""
+    return nn.BatchNorm(
+        use_running_average=False,
+        scale_init=partitioned(nn.initializers.ones, ("conv_out",)),
+        bias_init=partitioned(nn.initializers.zeros, ("conv_out",)),
+        name=name,
+    )
 
 
 def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
@@ -114,11 +127,11 @@ class Generator(nn.Module):
             name="project",
         )(z)
         x = x.reshape(-1, size, size, features)
-        x = nn.relu(nn.BatchNorm(use_running_average=False, name="norm_in")(x))
+        x = nn.relu(_batch_norm("norm_in")(x))
         for i in range(n):
             features //= 2
             x = Upsample(features, self.upsample, name=f"up_{i}")(x)
-            x = nn.relu(nn.BatchNorm(use_running_average=False, name=f"norm_{i}")(x))
+            x = nn.relu(_batch_norm(f"norm_{i}")(x))
         x = nn.Conv(
             channels,
             (3, 3),
@@ -134,7 +147,7 @@ class Discriminator(nn.Module):
     """Image (and class label) -> one real-vs-fake logit per image."""
 
     width: int = 64
-    spectral_norm: bool = False
+    norm: str = "batch"  # batch | spectral | none
     num_classes: int = 0  # > 0: projection discriminator
 
     @nn.compact
@@ -142,13 +155,21 @@ class Discriminator(nn.Module):
         self, x: jax.Array, labels: jax.Array | None = None, update_stats: bool = False
     ) -> jax.Array:
         n = stages(x.shape[1])
-        boxed = not self.spectral_norm
+        if self.norm not in D_NORMS:
+            raise ValueError(f"discriminator norm {self.norm!r}; allowed: {', '.join(D_NORMS)}")
+        spectral = self.norm == "spectral"
+        boxed = not spectral
 
         def layer(module: nn.Module, h: jax.Array) -> jax.Array:
-            if self.spectral_norm:
+            if spectral:
                 wrapped = nn.SpectralNorm(module, collection_name=SPECTRAL)
                 return wrapped(h, update_stats=update_stats)
             return module(h)
+
+        def activate(h: jax.Array, index: int) -> jax.Array:
+            if self.norm == "batch" and index > 0:
+                h = _batch_norm(f"norm_{index}")(h)
+            return nn.leaky_relu(h, 0.1)
 
         def conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
             return nn.Conv(
@@ -164,9 +185,9 @@ class Discriminator(nn.Module):
         h = x
         for i in range(n):
             features = self.width * 2**i
-            h = nn.leaky_relu(layer(conv(features, 3, 1, f"conv_{i}a"), h), 0.1)
-            h = nn.leaky_relu(layer(conv(features, 4, 2, f"conv_{i}b"), h), 0.1)
-        h = nn.leaky_relu(layer(conv(self.width * 2**n, 3, 1, "conv_out"), h), 0.1)
+            h = activate(layer(conv(features, 3, 1, f"conv_{i}a"), h), 2 * i)
+            h = activate(layer(conv(features, 4, 2, f"conv_{i}b"), h), 2 * i + 1)
+        h = activate(layer(conv(self.width * 2**n, 3, 1, "conv_out"), h), 2 * n)
         features = h.reshape(h.shape[0], math.prod(h.shape[1:]))
         dense = nn.Dense(
             1,
@@ -182,7 +203,7 @@ class Discriminator(nn.Module):
                 embedding_init=_named(nn.initializers.normal(0.02), (None, "conv_out"), boxed),
                 name="label_project",
             )
-            if self.spectral_norm:
+            if spectral:
                 # The projection's embedding is a matrix too; normalize it like the rest.
                 weights = nn.SpectralNorm(embed, collection_name=SPECTRAL)(
                     labels, update_stats=update_stats

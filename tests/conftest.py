@@ -28,24 +28,31 @@ DATA = REPO.parent / "shared" / "data"
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 LM_CONFIG = REPO / "experiments" / "shakespeare_char.py"
 VAE_CONFIG = REPO / "experiments" / "vae_mnist.py"
+GAN_CONFIG = REPO / "experiments" / "gan_mnist.py"
+
+
+def _test_variant(config_file: Path, data: Path, overrides: dict[str, str]):
+    """The `test` variant of an experiment file on local data, with dotted-key overrides."""
+    from launch.config import apply_overrides, load_config
+
+    config = load_config(f"{config_file}:test")
+    apply_overrides(config, {"data.path": str(data), **overrides})
+    return config
 
 
 def lm_config(**overrides: str):
-    """The `test` variant of the Shakespeare LM on the local file, with dotted-key overrides."""
-    from launch.config import apply_overrides, load_config
-
-    config = load_config(f"{LM_CONFIG}:test")
-    apply_overrides(config, {"data.path": str(SHAKESPEARE), **overrides})
-    return config
+    """The Shakespeare LM's `test` variant on the local file."""
+    return _test_variant(LM_CONFIG, SHAKESPEARE, overrides)
 
 
 def vae_config(**overrides: str):
-    """The `test` variant of the MNIST VAE on the local files, with dotted-key overrides."""
-    from launch.config import apply_overrides, load_config
+    """The MNIST VAE's `test` variant on the local files."""
+    return _test_variant(VAE_CONFIG, DATA / "mnist", overrides)
 
-    config = load_config(f"{VAE_CONFIG}:test")
-    apply_overrides(config, {"data.path": str(DATA / "mnist"), **overrides})
-    return config
+
+def gan_config(**overrides: str):
+    """The MNIST GAN's `test` variant on the local files."""
+    return _test_variant(GAN_CONFIG, DATA / "mnist", overrides)
 
 
 def genlab(

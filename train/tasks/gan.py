@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from models.gan import SPECTRAL, UPSAMPLING, Discriminator, Generator
+from models.gan import D_NORMS, SPECTRAL, UPSAMPLING, Discriminator, Generator
 from train.data import images as image_data
 from train.errors import UserError
 from train.metrics.generated import SampleQuality
@@ -81,14 +81,14 @@ def build_models(
         raise UserError(
             f"model.upsample={c.upsample!r} is unknown; allowed: {', '.join(UPSAMPLING)}"
         )
+    if c.d_norm not in D_NORMS:
+        raise UserError(f"model.d_norm={c.d_norm!r} is unknown; allowed: {', '.join(D_NORMS)}")
     if c.num_classes < 0:
         raise UserError(f"model.num_classes={c.num_classes}: use 0 (unconditional) or more")
     generator = Generator(
         image_shape, width=c.g_width, num_classes=c.num_classes, upsample=c.upsample
     )
-    discriminator = Discriminator(
-        width=c.d_width, spectral_norm=c.spectral_norm, num_classes=c.num_classes
-    )
+    discriminator = Discriminator(width=c.d_width, norm=c.d_norm, num_classes=c.num_classes)
     return generator, discriminator
 
 
@@ -113,6 +113,11 @@ class Task(base.Task):
             )
         if config.loss.n_critic < 1:
             raise UserError(f"loss.n_critic={config.loss.n_critic}: must be at least 1")
+        if c.d_norm == "batch" and (config.loss.r1_gamma > 0 or config.loss.gp_weight > 0):
+            raise UserError(
+                "loss.r1_gamma / loss.gp_weight need per-example discriminator outputs, which "
+                "model.d_norm='batch' mixes; allowed with them: model.d_norm=spectral or none"
+            )
         self.image_shape = image_data.SHAPES[d.name]
         self.generator, self.discriminator = build_models(c, self.image_shape)
         self.g_tx = make_optimizer(config.optim_g)
@@ -196,7 +201,9 @@ class Task(base.Task):
         """Logits, and the spectral-norm state after one power iteration when `update`."""
         variables = {"params": params, SPECTRAL: spectral} if spectral else {"params": params}
         if not update or not spectral:
-            logits = self.discriminator.apply(variables, images, self._labels(labels))
+            logits, _ = self.discriminator.apply(
+                variables, images, self._labels(labels), mutable=["batch_stats"]
+            )
             return logits, spectral
         logits, mutated = self.discriminator.apply(
             variables, images, self._labels(labels), update_stats=True, mutable=[SPECTRAL]
@@ -230,15 +237,18 @@ class Task(base.Task):
         fake = jax.lax.stop_gradient(self.generate(state.generator.params, z, fake_labels))
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
-            # One call on real and fake together: one power iteration per update.
-            logits, spectral = self.discriminate(
-                params,
-                state.spectral,
-                jnp.concatenate([real, fake]),
-                jnp.concatenate([labels, fake_labels]),
-                update=True,
-            )
-            real_logits, fake_logits = jnp.split(logits, 2)
+            if self.config.model.d_norm == "batch":  # separate real and fake statistics (DCGAN)
+                real_logits, spectral = self.discriminate(params, {}, real, labels, False)
+                fake_logits, _ = self.discriminate(params, {}, fake, fake_labels, False)
+            else:  # one call on both: one power iteration per update
+                logits, spectral = self.discriminate(
+                    params,
+                    state.spectral,
+                    jnp.concatenate([real, fake]),
+                    jnp.concatenate([labels, fake_labels]),
+                    update=True,
+                )
+                real_logits, fake_logits = jnp.split(logits, 2)
             loss = discriminator_loss(loss_config.name, real_logits, fake_logits).mean()
             metrics = {
                 "train/d_loss": loss,
