@@ -48,8 +48,10 @@ def main() -> None:
     extractor = fid.FeatureExtractor(DEFAULT_WEIGHTS)
     statistics, kid_features, seconds = {}, {}, {}
     for name, split in SETS:  # a set already in the cache is read back, so a rerun resumes
-        path = fid.statistics_cache_path(DEFAULT_CACHE, name, split, args.count)
-        kid_path = kid_features_path(DEFAULT_CACHE, name, split, KID_IMAGES)
+        path = fid.statistics_cache_path(
+            DEFAULT_CACHE, name, split, args.count, extractor.fingerprint
+        )
+        kid_path = kid_features_path(DEFAULT_CACHE, name, split, KID_IMAGES, extractor.fingerprint)
         if not (path.is_file() and kid_path.is_file()):
             pixels, _ = image_data.load_split(name, f"{args.data}/{name}", split)
             started = time.perf_counter()

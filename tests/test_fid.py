@@ -308,6 +308,8 @@ def test_inception_score_is_unavailable():
 class _FakeExtractor:
     """Cheap stand-in for FeatureExtractor: features are a fixed function of the pixels."""
 
+    fingerprint = "fake-projection"
+
     def __init__(self) -> None:
         self.calls = 0
         self.projection = np.random.default_rng(9).normal(size=(4, 2048))
@@ -331,8 +333,9 @@ def test_reference_statistics_are_cached_by_name_split_count_and_weights(tmp_pat
     features = images[:2049].reshape(2049, -1) @ extractor.projection
     np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-7, atol=1e-9)
-    path = statistics_cache_path(tmp_path, "mnist", "test", 2049)
-    assert path.is_file() and WEIGHTS_SHA256[:12] in path.name
+    path = statistics_cache_path(tmp_path, "mnist", "test", 2049, extractor.fingerprint)
+    assert path.is_file() and extractor.fingerprint in path.name
+    assert FeatureExtractor.fingerprint.endswith(WEIGHTS_SHA256[:12])
     assert "mnist" in path.name and "test" in path.name and "2049" in path.name
     again = reference_statistics("mnist", "test", 2049, images_fn, tmp_path, extractor)
     assert len(loads) == 1

@@ -19,6 +19,8 @@ from train.trainer import restore_run, train
 class ProjectionFeatures:
     """2048-d features by a fixed random projection of the pixels (stand-in for Inception)."""
 
+    fingerprint = "random-projection"  # never mistaken for Inception features in a cache
+
     def __init__(self, pixels: int = 784):
         self.weights = np.random.default_rng(0).normal(size=(pixels, fid.FEATURE_DIM)) / 28
 

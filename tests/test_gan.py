@@ -157,7 +157,11 @@ def test_loss_variants_train_with_finite_penalties(tmp_path, overrides):
 def test_resume_is_exact(tmp_path):
     overrides = {"loss.n_critic": "2", **ONE_DEVICE}
     train(gan_config(**overrides), tmp_path / "straight", devices=jax.devices()[:1])
-    train(gan_config(**overrides, **{"train.steps": "10"}), tmp_path / "resumed")
+    train(
+        gan_config(**overrides, **{"train.steps": "10"}),
+        tmp_path / "resumed",
+        devices=jax.devices()[:1],
+    )
     train(gan_config(**overrides), tmp_path / "resumed", devices=jax.devices()[:1])
     a, b = (
         ocp.StandardCheckpointer().restore(tmp_path / run / "checkpoints" / "20" / "state")
@@ -194,6 +198,7 @@ def test_in_training_fid_is_logged_when_asked(tmp_path, monkeypatch):
     from train.metrics import generated
 
     monkeypatch.setattr(generated.fid, "FeatureExtractor", lambda weights: ProjectionFeatures())
+    monkeypatch.setattr(generated, "DEFAULT_CACHE", tmp_path / "fid_cache")
     config = gan_config(
         **{"train.steps": "2", "train.eval_every": "2", "eval.fid_samples": "2049", **ONE_DEVICE}
     )
@@ -210,7 +215,10 @@ def test_in_training_fid_is_logged_when_asked(tmp_path, monkeypatch):
         ("--config.model.num_classes=5", "model.num_classes=5 but mnist has labels up to 9"),
         ("--config.data.name=svhn", "data.name='svhn' is unknown"),
         ("--config.model.d_norm=layer", "model.d_norm='layer' is unknown"),
-        ("--config.loss.r1_gamma=1", "need per-example discriminator outputs"),
+        (
+            "--config.loss.r1_gamma=1 --config.model.d_norm=batch",
+            "need per-example discriminator outputs",
+        ),
     ],
 )
 def test_bad_gan_settings_are_one_line_errors(tmp_path, override, message):
@@ -221,7 +229,7 @@ def test_bad_gan_settings_are_one_line_errors(tmp_path, override, message):
         "--workdir",
         str(tmp_path),
         f"--config.data.path={gan_config().data.path}",
-        override,
+        *override.split(),
     )
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

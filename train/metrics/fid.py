@@ -86,6 +86,9 @@ class FeatureExtractor:
     backend leaves cores idle between small operations.
     """
 
+    #: names the features in cache keys, so features of another extractor are never reused
+    fingerprint = f"inception-{WEIGHTS_SHA256[:12]}"
+
     def __init__(self, weights_dir: str | Path, batch_size: int = 50) -> None:
         if batch_size < 1:
             raise UserError(f"FID batch_size is {batch_size}; expected an integer >= 1")
@@ -269,11 +272,14 @@ def inception_score(*args: object, **kwargs: object) -> float:
     raise UserError(INCEPTION_SCORE_NOTE)
 
 
-def statistics_cache_path(cache_dir: str | Path, name: str, split: str, count: int) -> Path:
-    """Cache file named by everything the statistics depend on, so changing any of them (or the
-    weights) can never silently reuse stale numbers."""
-    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", part) for part in (name, split)]
-    return Path(cache_dir) / f"fid-{safe[0]}-{safe[1]}-{count}-{WEIGHTS_SHA256[:12]}.npz"
+def statistics_cache_path(
+    cache_dir: str | Path, name: str, split: str, count: int, fingerprint: str
+) -> Path:
+    """Cache file named by everything the statistics depend on (dataset, split, count and the
+    extractor's fingerprint, which holds the weights checksum), so changing any of them can
+    never silently reuse stale numbers."""
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", part) for part in (name, split, fingerprint)]
+    return Path(cache_dir) / f"fid-{safe[0]}-{safe[1]}-{count}-{safe[2]}.npz"
 
 
 def reference_statistics(
@@ -290,7 +296,7 @@ def reference_statistics(
     array or an iterable of arrays, of which the first `count` are used.
     """
     check_rank(count)
-    path = statistics_cache_path(cache_dir, name, split, count)
+    path = statistics_cache_path(cache_dir, name, split, count, extractor.fingerprint)
     if path.is_file():
         with np.load(path) as cached:
             return np.asarray(cached["mu"]), np.asarray(cached["sigma"])

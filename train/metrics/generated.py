@@ -21,9 +21,9 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "fid
 KID_IMAGES = 2000  # per side; KID is unbiased, so a fixed subset size is enough
 
 
-def kid_features_path(cache_dir: Path, name: str, split: str, count: int) -> Path:
+def kid_features_path(cache_dir: Path, name: str, split: str, count: int, fingerprint: str) -> Path:
     """Where the Inception features of a split's first `count` images are cached for KID."""
-    return fid.statistics_cache_path(cache_dir, name, f"{split}-kid-features", count)
+    return fid.statistics_cache_path(cache_dir, name, f"{split}-kid-features", count, fingerprint)
 
 
 def generated_image_scores(
@@ -49,7 +49,7 @@ def generated_image_scores(
         name, split, num_samples, lambda: reference, cache_dir, extractor
     )
     kid_count = min(num_samples, KID_IMAGES)
-    kid_cache = kid_features_path(cache_dir, name, split, kid_count)
+    kid_cache = kid_features_path(cache_dir, name, split, kid_count, extractor.fingerprint)
     if kid_cache.is_file():
         with np.load(kid_cache) as cached:
             real_features = cached["features"]
@@ -78,7 +78,7 @@ class SampleQuality:
     """FID and KID of a task's samples during training (`config.eval.fid_samples` > 0), with the
     Inception weights loaded once, on first use."""
 
-    def __init__(self, weights_dir: str | Path = "", cache_dir: Path = DEFAULT_CACHE) -> None:
+    def __init__(self, weights_dir: str | Path = "", cache_dir: Path | None = None) -> None:
         self.weights_dir = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS
         self.cache_dir = cache_dir
         self._extractor: fid.FeatureExtractor | None = None
@@ -86,5 +86,6 @@ class SampleQuality:
     def __call__(self, task: Task, state: Any, num_samples: int) -> dict[str, float]:
         if self._extractor is None:
             self._extractor = fid.FeatureExtractor(self.weights_dir)
-        scores = generated_image_scores(task, state, num_samples, self._extractor, self.cache_dir)
+        cache = self.cache_dir or DEFAULT_CACHE  # read at call time, so tests can redirect it
+        scores = generated_image_scores(task, state, num_samples, self._extractor, cache)
         return {k: float(v) for k, v in scores.items() if k.startswith("eval/")}
