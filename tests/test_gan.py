@@ -17,8 +17,9 @@ from train.errors import UserError
 from train.logging import read_metrics
 from train.metrics import fid
 from train.metrics.generated import generated_image_scores
+from train.state import ema_decay
 from train.tasks import build_task
-from train.tasks.gan import build_models, discriminator_loss, ema_decay, generator_loss
+from train.tasks.gan import build_models, discriminator_loss, generator_loss
 from train.trainer import restore_run, train
 
 ONE_DEVICE = {"mesh.data": "1"}

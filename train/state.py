@@ -56,6 +56,19 @@ def step_rng(seed: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), step)
 
 
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The decay of a weight average at `step`, ramped up as min(decay, (1 + t) / (10 + t)), so
+    early averages are not dominated by the random initialization (TensorFlow's num_updates
+    rule)."""
+    t = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def ema_update(params: Any, average: Any, decay: float, step: jax.Array) -> Any:
+    """The exponential moving average of the parameters after one more update."""
+    return optax.incremental_update(params, average, 1.0 - ema_decay(decay, step))
+
+
 def accumulated_grads(
     loss_fn: LossFn, params: Any, batch: Batch, rng: jax.Array, micro_batches: int
 ) -> tuple[Any, dict[str, jax.Array]]:

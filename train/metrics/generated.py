@@ -71,6 +71,7 @@ def generated_image_scores(
         "fid/resize": "bilinear to 299x299, half-pixel centres, no antialiasing",
         "fid/inputs": "float32 in [0, 1] (not quantised to uint8)",
         "fid/weights_sha256": fid.WEIGHTS_SHA256[:12],
+        **{f"fid/{key}": value for key, value in task.sampling_settings().items()},
     }
 
 

@@ -76,6 +76,11 @@ class Task(abc.ABC):
         """Image families: `count` model samples as [0, 1] arrays (N, H, W, C), in chunks."""
         raise UserError(f"task {self.config.task!r} does not generate images (no FID for it)")
 
+    def sampling_settings(self) -> dict[str, Any]:
+        """Image families: how `sample_images` draws (e.g. sampler and steps), recorded with
+        every FID score."""
+        return {}
+
     def reference_images(self, split: str) -> np.ndarray:
         """Image families: the dataset split's images as [0, 1] floats (N, H, W, C)."""
         raise UserError(f"task {self.config.task!r} has no reference images")

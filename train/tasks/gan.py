@@ -27,7 +27,7 @@ from train.errors import UserError
 from train.metrics.generated import SampleQuality
 from train.optim import make_optimizer
 from train.pictures import save_grid
-from train.state import TrainState, step_rng
+from train.state import TrainState, ema_update, step_rng
 from train.tasks import base
 
 LOSSES = ("nonsaturating", "hinge", "wgan")
@@ -61,13 +61,6 @@ def generator_loss(kind: str, fake: jax.Array) -> jax.Array:
     if kind == "nonsaturating":
         return jax.nn.softplus(-fake)
     return -fake
-
-
-def ema_decay(decay: float, step: jax.Array) -> jax.Array:
-    """The EMA decay at `step`, ramped up as min(decay, (1 + t) / (10 + t)), so that early
-    averages are not dominated by the random initialization (TensorFlow's num_updates rule)."""
-    t = step.astype(jnp.float32)
-    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
 def build_models(
@@ -290,8 +283,8 @@ class Task(base.Task):
 
         loss, grads = jax.value_and_grad(loss_fn)(state.generator.params)
         generator = state.generator.apply_gradients(grads)
-        decay = ema_decay(self.config.model.ema_decay, state.step)
-        ema = optax.incremental_update(generator.params, state.ema_params, 1.0 - decay)
+        decay = self.config.model.ema_decay
+        ema = ema_update(generator.params, state.ema_params, decay, state.step)
         state = state.replace(step=state.step + 1, generator=generator, ema_params=ema)
         return state, {"train/g_loss": loss, "train/g_grad_norm": optax.tree.norm(grads)}
 
