@@ -309,6 +309,7 @@ class _FakeExtractor:
     """Cheap stand-in for FeatureExtractor: features are a fixed function of the pixels."""
 
     fingerprint = "fake-projection"
+    feature_dim = 2048
 
     def __init__(self) -> None:
         self.calls = 0

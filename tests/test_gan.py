@@ -188,10 +188,10 @@ def test_fid_of_gan_samples_uses_the_ema_generator(trained):
     config, workdir = trained
     task, state, _, _ = restore_run(config, workdir, devices=jax.devices()[:1])
     features = ProjectionFeatures()
-    scores = generated_image_scores(task, state, 2100, features, workdir / "cache")
-    assert scores["fid/num_samples"] == 2100 and scores["eval/fid"] > 0
+    scores = generated_image_scores(task, state, 300, features, workdir / "cache")
+    assert scores["fid/num_samples"] == 300 and scores["eval/fid"] > 0
     shuffled = state.replace(ema_params=state.generator.params)  # the live weights differ
-    other = generated_image_scores(task, shuffled, 2100, features, workdir / "cache")
+    other = generated_image_scores(task, shuffled, 300, features, workdir / "cache")
     assert other["eval/fid"] != scores["eval/fid"]
 
 
@@ -201,7 +201,7 @@ def test_in_training_fid_is_logged_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(generated.fid, "FeatureExtractor", lambda weights: ProjectionFeatures())
     monkeypatch.setattr(generated, "DEFAULT_CACHE", tmp_path / "fid_cache")
     config = gan_config(
-        **{"train.steps": "2", "train.eval_every": "2", "eval.fid_samples": "2049", **ONE_DEVICE}
+        **{"train.steps": "2", "train.eval_every": "2", "eval.fid_samples": "300", **ONE_DEVICE}
     )
     metrics = train(config, tmp_path, devices=jax.devices()[:1])
     assert metrics["eval/fid"] > 0 and "eval/kid" in metrics

@@ -88,6 +88,7 @@ class FeatureExtractor:
 
     #: names the features in cache keys, so features of another extractor are never reused
     fingerprint = f"inception-{WEIGHTS_SHA256[:12]}"
+    feature_dim = FEATURE_DIM
 
     def __init__(self, weights_dir: str | Path, batch_size: int = 50) -> None:
         if batch_size < 1:
@@ -295,12 +296,12 @@ def reference_statistics(
     `images_fn` is only called on a cache miss; it returns [0, 1] images (N, H, W, C) as one
     array or an iterable of arrays, of which the first `count` are used.
     """
-    check_rank(count)
+    check_rank(count, extractor.feature_dim)
     path = statistics_cache_path(cache_dir, name, split, count, extractor.fingerprint)
     if path.is_file():
         with np.load(path) as cached:
             return np.asarray(cached["mu"]), np.asarray(cached["sigma"])
-    stats = RunningStatistics()
+    stats = RunningStatistics(extractor.feature_dim)
     for features in extractor.batches(_first(images_fn(), count)):
         stats.update(features)
     if stats.count < count:

@@ -37,9 +37,9 @@ def generated_image_scores(
 ) -> dict[str, Any]:
     """FID and KID of `num_samples` model samples against the first `num_samples` images of
     the dataset's `split`."""
-    fid.check_rank(num_samples)
+    fid.check_rank(num_samples, extractor.feature_dim)
     name = task.config.data.name
-    fake = fid.RunningStatistics()
+    fake = fid.RunningStatistics(extractor.feature_dim)
     fake_features = []
     for features in extractor.batches(task.sample_images(state, num_samples, seed)):
         fake.update(features)
