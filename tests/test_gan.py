@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import GAN_CONFIG, gan_config, genlab
+from conftest import GAN_CONFIG, REPO, gan_config, genlab
 from test_fid_eval import ProjectionFeatures
 
+from launch.config import load_config
 from models.gan import SPECTRAL, Discriminator, Generator, depth_to_space
 from train.errors import UserError
 from train.logging import read_metrics
@@ -241,3 +242,14 @@ def test_unsupported_image_size_is_refused():
     assert build_task(config, load_data=False).image_shape == (28, 28, 1)
     with pytest.raises(UserError, match="support 28x28 and 32x32"):
         build_models(config.model, (64, 64, 3))
+
+
+def test_cifar10_config_is_the_sngan_standard_cnn():
+    config = load_config(f"{REPO}/experiments/gan_cifar10.py:sngan")
+    task = build_task(config, load_data=False)
+    shapes = jax.eval_shape(lambda r: nn.meta.unbox(task.init_state(r)), jax.random.key(0))
+    assert task.image_shape == (32, 32, 3) and config.data.random_flip
+    g = shapes.generator.params
+    assert g["project"]["kernel"].shape == (128, 4 * 4 * 512)
+    assert [g[f"up_{i}"]["conv"]["kernel"].shape[-1] for i in range(3)] == [256, 128, 64]
+    assert shapes.discriminator.params["conv_out"]["kernel"].shape[-1] == 512
