@@ -1,16 +1,28 @@
-"""Character-level decoder-only Transformer on Tiny Shakespeare.
+"""Character-level language models on Tiny Shakespeare: a decoder-only Transformer, a Mamba-style
+selective SSM and an LSTM.
 
 Variants:
-  cpu   nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iters).
+  cpu   nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iters):
+        804,096 parameters (65-character vocabulary, 8,192 of them the learned positions).
   gpu   nanoGPT's train_shakespeare_char recipe (6 layers, 6 heads, 384 wide, block 256, batch 64).
-  test  a few-second model for the test suite.
+  ssm   the cpu recipe with 7 selective-SSM blocks, 128 wide (inner 256, state 16, conv 4,
+        Δ rank 8): 824,704 parameters.
+  lstm  the cpu recipe with a 2-layer LSTM, 224 wide: 819,392 parameters.
+  test, ssm_test, lstm_test   few-second models (about 20k parameters) for the test suite.
+
+Parameter counts are with Tiny Shakespeare's 65 characters and tied embeddings.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("cpu", "gpu", "test")
+from models.ssm import MAMBA_DEFAULTS
+
+VARIANTS = ("cpu", "gpu", "test", "ssm", "lstm", "ssm_test", "lstm_test")
+# Mamba keeps A (stored as log(-A)) and the D skip out of weight decay; D is a vector, which is
+# never decayed anyway, but A's log is a matrix.
+SSM_NO_DECAY = r"/(a_log|d_skip)$"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -24,19 +36,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = "char"
     c.data.vocab_size = 0  # subword tokenizers only: entries to learn (char: the text's characters)
     c.data.val_fraction = 0.1
+    c.data.val_path = ""  # a separate validation file (e.g. Multi30k's val.en.gz); empty: split
     c.data.block_size = 64
+    # A run reusing another run's char vocabulary (data.tokenizer_from, or init_from's) may meet
+    # characters it lacks: error | drop | replace (by data.unknown_replacement).
+    c.data.unknown_chars = "error"
+    c.data.unknown_replacement = " "
+    c.data.tokenizer_from = ""  # a workdir whose tokenizer.json to use (default: init_from's)
 
     c.model = ml_collections.ConfigDict()
+    c.model.arch = "transformer"  # transformer | ssm (Mamba-style) | lstm
     c.model.vocab_size = 0  # 0: taken from the tokenizer
     c.model.num_layers = 4
-    c.model.num_heads = 4
-    c.model.emb_dim = 128
+    c.model.num_heads = 4  # transformer only (as are mlp_dim, pos_encoding, use_bias, activation)
+    c.model.emb_dim = 128  # the width of every layer, for each arch
     c.model.mlp_dim = 512
     c.model.dropout = 0.0
     c.model.pos_encoding = "learned"  # learned | sinusoidal | rope
     c.model.tie_embeddings = True
     c.model.use_bias = False
     c.model.activation = "gelu_tanh"  # gelu_tanh | gelu | relu
+    # ssm only: state_dim, conv_width, expand, dt_rank (models/ssm.py MAMBA_DEFAULTS says what)
+    c.model.ssm = ml_collections.ConfigDict(MAMBA_DEFAULTS)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"
 
@@ -49,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.99
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.1  # applied to matrices only
+    c.optim.no_decay = ""  # regex over '/'-joined parameter names that are never decayed
     c.optim.clip_norm = 1.0  # 0 disables clipping
 
     c.train = ml_collections.ConfigDict()
@@ -93,11 +115,22 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
         c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, decay_steps=5000)
         c.train.update(steps=5000, batch_size=64, eval_every=250, eval_batches=200)
         c.train.checkpoint_every = 1000
-    elif variant == "test":
+    elif variant == "ssm":
+        c.model.update(arch="ssm", num_layers=7)
+        c.optim.no_decay = SSM_NO_DECAY
+    elif variant == "lstm":
+        c.model.update(arch="lstm", num_layers=2, emb_dim=224)
+    elif variant in ("test", "ssm_test", "lstm_test"):
         c.data.block_size = 32
         c.model.update(num_layers=2, num_heads=2, emb_dim=32, mlp_dim=64)
         c.optim.update(warmup_steps=5, decay_steps=40)
         c.train.update(steps=40, batch_size=8, log_every=10, eval_every=20, eval_batches=2)
         c.train.update(checkpoint_every=10, progress_bar=False)
         c.sample.num_tokens = 20
+        if variant == "ssm_test":
+            c.model.update(arch="ssm")
+            c.optim.no_decay = SSM_NO_DECAY
+            c.model.ssm.update(state_dim=4)
+        elif variant == "lstm_test":
+            c.model.update(arch="lstm")
     return c

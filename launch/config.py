@@ -16,6 +16,20 @@ import ml_collections
 
 from train.errors import UserError
 
+# Keys every experiment has without its file declaring them; train/transfer.py reads them.
+COMMON_DEFAULTS: dict[str, str] = {
+    "init_from": "",  # WORKDIR[:STEP]: start from that run's parameters (matched by name, shape)
+    "freeze": "",  # regex over '/'-joined parameter names: keep those parameters fixed
+}
+
+
+def add_common_defaults(config: ml_collections.ConfigDict) -> None:
+    """Give `config` the keys of COMMON_DEFAULTS that it lacks (its own values win)."""
+    with config.unlocked():
+        for key, value in COMMON_DEFAULTS.items():
+            if key not in config:
+                config[key] = value
+
 
 def load_python_file(path: str, function: str, flag: str, kind: str, expected: str) -> Any:
     """Import an experiment or sweep file by path; it must define `function`."""
@@ -43,6 +57,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
             f"--config: unknown variant {variant!r} of {path}; allowed: {', '.join(variants)}"
         )
     config = module.get_config(variant) if variant else module.get_config()
+    add_common_defaults(config)
     config.lock()
     return config
 
@@ -133,5 +148,6 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise UserError(f"--workdir: {path.parent} holds no config.json (is it a genlab workdir?)")
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    add_common_defaults(config)  # workdirs written before these keys existed
     config.lock()
     return config

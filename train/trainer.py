@@ -25,6 +25,7 @@ from train.metadata import CONFIG_FILE, save_config, write_metadata
 from train.perf import peak_flops_per_device
 from train.tasks import build_task
 from train.tasks.base import Task
+from train.transfer import Transfer
 
 
 class Stopped(Exception):
@@ -185,6 +186,7 @@ class Trainer:
             config.train.batch_size, self.mesh, config.train.grad_accum
         )
         self.is_lead = jax.process_index() == 0
+        self.transfer = Transfer(config)  # init_from / freeze, checked before any work
         t = config.train
         self.checkpoints = Checkpoints(
             self.workdir,
@@ -204,10 +206,14 @@ class Trainer:
         state, placement, start = place_state(
             self.task, self.mesh, self.config.seed, self.checkpoints
         )
+        # A resumed run continues from its own checkpoint: init_from only seeds a fresh one.
+        state, transfer_lines = self.transfer.prepare(state, placement.state, fresh=start == 0)
         writer = MetricWriter(self.workdir, enabled=self.is_lead, resumed_at=start)
         progress = Progress(
             t.steps, start, enabled=self.is_lead and t.progress_bar, lead=self.is_lead
         )
+        for line in transfer_lines:
+            progress.print(line)
         if start:
             progress.print(f"resumed from the checkpoint of step {start}")
         try:
@@ -225,7 +231,7 @@ class Trainer:
         started = time.perf_counter()
         with placement.active():
             train_step = jax.jit(
-                task.train_step,
+                self.transfer.wrap(task.train_step),
                 in_shardings=(placement.state, placement.batch),
                 out_shardings=(placement.state, replicated),
                 donate_argnums=0,

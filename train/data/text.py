@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import datasets
 import numpy as np
@@ -18,7 +19,8 @@ TINY_SHAKESPEARE_URL = (
 def load_text(path: str) -> str:
     """The whole corpus as one string: a local file, or (empty path) Tiny Shakespeare from the web.
 
-    The download goes through `datasets`, which caches it, so it happens once per machine.
+    The download goes through `datasets`, which caches it, so it happens once per machine; it also
+    decompresses `.gz` (or `.bz2`, `.xz`, ...) files by their suffix, e.g. Multi30k's `train.en.gz`.
     """
     source = path or TINY_SHAKESPEARE_URL
     if path and not Path(path).is_file():
@@ -61,8 +63,13 @@ class TokenWindows:
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
-def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """First (1 - val_fraction) for training, the rest for validation, as nanoGPT splits."""
+Sequence = TypeVar("Sequence", str, np.ndarray)
+
+
+def split_tokens(tokens: Sequence, val_fraction: float) -> tuple[Sequence, Sequence]:
+    """First (1 - val_fraction) for training, the rest for validation, as nanoGPT splits; of a
+    token array or of the text itself (so a subword tokenizer is fitted on the training part
+    only)."""
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
     cut = int(len(tokens) * (1.0 - val_fraction))

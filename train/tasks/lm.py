@@ -1,4 +1,9 @@
-"""Decoder-only language modelling: next-token cross-entropy, perplexity/bpc, KV-cache sampling."""
+"""Decoder-only language modelling: next-token cross-entropy, perplexity/bpc, sampling.
+
+`model.arch` picks the network: a Transformer (`transformer`, KV-cache sampling in windows), a
+Mamba-style selective SSM (`ssm`) or an LSTM (`lstm`); the last two sample from their recurrent
+state, O(1) memory per token at any length.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,14 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from models.rnn import LSTMLM
+from models.ssm import SSMLM
 from models.transformer import POS_ENCODINGS, DecoderLM
 from train.data import tokenizers
+from train.data.run_tokenizer import run_tokenizer
 from train.data.text import TokenWindows, load_text, split_tokens
 from train.decoding import sample_tokens
+from train.dtypes import model_dtypes
 from train.errors import UserError
 from train.metrics.text import language_model_metrics
 from train.optim import make_optimizer
@@ -25,15 +34,35 @@ from train.perf import transformer_flops_per_token
 from train.state import TrainState, gradient_step
 from train.tasks import base
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ARCHS = ("transformer", "ssm", "lstm")
 EVAL_SEED_OFFSET = 10_007  # eval windows come from a different stream than training batches
 
+LanguageModel = DecoderLM | SSMLM | LSTMLM
 
-def build_model(model_config: ml_collections.ConfigDict, max_len: int) -> DecoderLM:
+
+def build_model(model_config: ml_collections.ConfigDict, max_len: int) -> LanguageModel:
+    """The network `model.arch` names; `max_len` is the Transformer's context length."""
     c = model_config
-    for field in ("dtype", "param_dtype"):
-        if c[field] not in DTYPES:
-            raise UserError(f"model.{field}={c[field]!r} is unknown; allowed: {', '.join(DTYPES)}")
+    dtypes = model_dtypes(c)
+    arch = c.get("arch", "transformer")
+    if arch not in ARCHS:
+        raise UserError(f"model.arch={arch!r} is unknown; allowed: {', '.join(ARCHS)}")
+    common = dict(
+        vocab_size=c.vocab_size,
+        num_layers=c.num_layers,
+        emb_dim=c.emb_dim,
+        dropout=c.dropout,
+        tie_embeddings=c.tie_embeddings,
+        **dtypes,
+    )
+    if arch == "lstm":
+        return LSTMLM(**common)
+    if arch == "ssm":
+        ssm = dict(c.get("ssm", {}))  # keys left out keep the model's (Mamba's) defaults
+        for key, low in (("state_dim", 1), ("conv_width", 1), ("expand", 1), ("dt_rank", 0)):
+            if key in ssm and ssm[key] < low:
+                raise UserError(f"model.ssm.{key}={ssm[key]} must be at least {low}")
+        return SSMLM(**common, **ssm)
     if c.pos_encoding not in POS_ENCODINGS:
         raise UserError(
             f"model.pos_encoding={c.pos_encoding!r} is unknown; allowed: {', '.join(POS_ENCODINGS)}"
@@ -54,8 +83,7 @@ def build_model(model_config: ml_collections.ConfigDict, max_len: int) -> Decode
         tie_embeddings=c.tie_embeddings,
         use_bias=c.use_bias,
         activation=c.activation,
-        dtype=DTYPES[c.dtype],
-        param_dtype=DTYPES[c.param_dtype],
+        **dtypes,
     )
 
 
@@ -67,25 +95,55 @@ class Task(base.Task):
     ):
         super().__init__(config, workdir, load_data)
         self.block_size = config.data.block_size
-        saved = workdir is not None and (workdir / tokenizers.TOKENIZER_FILE).is_file()
-        self.tokenizer = tokenizers.load_tokenizer(workdir) if saved else None
+        self.arch = config.model.get("arch", "transformer")
+        self.tokens_per_char: float | None = None  # of the validation text, for eval/bpc
+        d = config.data
+        fit = None
         if load_data:
-            text = load_text(config.data.path)
-            if self.tokenizer is None:
-                self.tokenizer = tokenizers.fit_tokenizer(
-                    config.data.tokenizer, text, config.data.get("vocab_size", 0)
-                )
-            train_tokens, val_tokens = split_tokens(
-                self.tokenizer.encode(text), config.data.val_fraction
+            text = load_text(d.path)
+            val_path = d.get("val_path", "")
+            if val_path:
+                train_text, val_text = text, load_text(val_path)
+            else:
+                train_text, val_text = split_tokens(text, d.val_fraction)
+            # A subword tokenizer learns from the training text only; the char vocabulary is
+            # the whole file's (nanoGPT's 65 characters for Tiny Shakespeare).
+            fit_text = text if d.tokenizer == "char" else train_text
+            fit = functools.partial(
+                tokenizers.fit_tokenizer, d.tokenizer, fit_text, d.get("vocab_size", 0)
             )
+        self.tokenizer = run_tokenizer(config, workdir, fit)
+        if load_data:
+            train_tokens = self.tokenizer.encode(self._restrict(train_text, d.path))
+            val_text = self._restrict(val_text, val_path or d.path)
+            val_tokens = self.tokenizer.encode(val_text)
+            self.tokens_per_char = len(val_tokens) / max(len(val_text), 1)
             self.train_windows = TokenWindows(train_tokens, self.block_size)
             self.val_windows = TokenWindows(val_tokens, self.block_size)
-        if self.tokenizer is None:
-            raise UserError("no tokenizer: the workdir has none and no data was loaded")
         with config.unlocked():
             config.model.vocab_size = self.tokenizer.vocab_size
         self.model = build_model(config.model, self.block_size)
         self.tx = make_optimizer(config.optim)
+
+    def _restrict(self, text: str, source: str) -> str:
+        """`text` with the characters a reused char vocabulary lacks handled as
+        `data.unknown_chars` says (subword tokenizers handle unseen text themselves)."""
+        policy = self.config.data.get("unknown_chars", "error")
+        if not isinstance(self.tokenizer, tokenizers.CharTokenizer):
+            tokenizers.check_unknown_char_policy(policy)
+            return text
+        replacement = self.config.data.get("unknown_replacement", " ")
+        text, unknown = tokenizers.restrict_to_alphabet(
+            text, self.tokenizer.chars, policy, replacement
+        )
+        if unknown and policy != "error" and jax.process_index() == 0:
+            verb = "dropped" if policy == "drop" else f"replaced by {replacement!r}"
+            print(
+                f"data: {sum(unknown.values())} characters of {source} outside the "
+                f"vocabulary {verb}: {''.join(unknown)!r}",
+                flush=True,
+            )
+        return text
 
     # -- state and steps -------------------------------------------------------------------------
     def init_state(self, rng: jax.Array) -> TrainState:
@@ -111,7 +169,9 @@ class Task(base.Task):
         return {"loss_sum": losses.sum(), "count": jnp.asarray(losses.size, jnp.float32)}
 
     def summarize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-        return language_model_metrics(float(sums["loss_sum"]) / float(sums["count"]))
+        return language_model_metrics(
+            float(sums["loss_sum"]) / float(sums["count"]), self.tokens_per_char
+        )
 
     # -- data ------------------------------------------------------------------------------------
     def train_batch(self, step: int) -> base.Batch:
@@ -141,14 +201,24 @@ class Task(base.Task):
         return "tokens", float(self.config.train.batch_size * self.block_size)
 
     def flops_per_step(self, state: TrainState) -> float:
+        """Transformer: 6 N + 12 L T d per token (PaLM). SSM/LSTM: 6 N per token, since every
+        parameter takes part in one multiply-add per token; the SSM adds 18 L E S for its scan
+        (B x, the state update and C h: 6 FLOPs per inner channel E and state S, x3 for the
+        backward). Gate nonlinearities and the parallel scan's extra combines are left out."""
         params = state.params
         num_params = sum(x.size for x in jax.tree.leaves(params))
         if "pos_embed" in params:  # a lookup, not a matmul
             num_params -= params["pos_embed"].size
         c = self.config.model
-        per_token = transformer_flops_per_token(
-            num_params, c.num_layers, self.block_size, c.emb_dim
-        )
+        if self.arch == "transformer":
+            per_token = transformer_flops_per_token(
+                num_params, c.num_layers, self.block_size, c.emb_dim
+            )
+        else:
+            per_token = 6.0 * num_params
+            if self.arch == "ssm":
+                m = self.model
+                per_token += 18.0 * m.num_layers * m.expand * m.emb_dim * m.state_dim
         return per_token * self.examples_per_step()[1]
 
     # -- sampling --------------------------------------------------------------------------------
@@ -166,7 +236,8 @@ class Task(base.Task):
         prompt_ids = self.tokenizer.encode(prompt)
         if len(prompt_ids) == 0:
             raise UserError("--prompt must not be empty")
-        ids = generate_ids(
+        generate = generate_ids if self.arch == "transformer" else generate_ids_recurrent
+        ids = generate(
             self.model,
             params,
             prompt_ids,
@@ -211,10 +282,11 @@ def generate_ids(
     window = 0
     while len(ids) < len(prompt_ids) + num_tokens:
         context = ids[-(max_len - 1) :] if window == 0 else ids[-keep:]
-        new = _decode_window(
+        new = decode_tokens(
             model,
             params,
             jnp.asarray([context], jnp.int32),
+            max_len - len(context) + 1,  # until the cache is full
             jax.random.fold_in(rng, window),
             temperature,
             top_k,
@@ -226,18 +298,38 @@ def generate_ids(
     return ids[len(prompt_ids) : len(prompt_ids) + num_tokens]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _decode_window(
-    model: DecoderLM,
+def generate_ids_recurrent(
+    model: SSMLM | LSTMLM,
+    params: Any,
+    prompt_ids: np.ndarray,
+    num_tokens: int,
+    rng: jax.Array,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+) -> list[int]:
+    """Autoregressive generation from a recurrent state: the prompt runs through once, then each
+    token is one step of the recurrence. The state has a fixed size, so any length works in one
+    jit-compiled `lax.scan`, with no window restarts."""
+    context = jnp.asarray([[int(i) for i in prompt_ids]], jnp.int32)
+    new = decode_tokens(model, params, context, num_tokens, rng, temperature, top_k, top_p)
+    new = np.asarray(multihost_utils.process_allgather(new, tiled=True))
+    return [int(i) for i in new[0]]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 5, 6, 7))
+def decode_tokens(
+    model: LanguageModel,
     params: Any,
     context: jax.Array,
+    num_tokens: int,
     rng: jax.Array,
     temperature: float,
     top_k: int,
     top_p: float,
 ) -> jax.Array:
-    """Feed `context` through the cache, then draw tokens until the cache is full."""
-    steps = model.max_len - context.shape[1] + 1
+    """Feed `context` into an empty cache (a Transformer's KV cache or a recurrent state), then
+    draw `num_tokens` tokens, one cached step each: (batch, num_tokens)."""
     cache_shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), context[:, :1], decode=True)["cache"]
     )
@@ -257,5 +349,5 @@ def _decode_window(
         )
         return (updated["cache"], token), token
 
-    _, rest = jax.lax.scan(step, (updated["cache"], first), jnp.arange(1, steps))
+    _, rest = jax.lax.scan(step, (updated["cache"], first), jnp.arange(1, num_tokens))
     return jnp.concatenate([first[:, None], rest.T], axis=1)
