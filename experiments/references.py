@@ -1,6 +1,7 @@
 """Published numbers genlab compares against, each with its source (see ../shared/REFERENCES.md).
 
-`genlab compare` adds a row for every reference whose dataset and metric match the compared runs'.
+`genlab compare` adds a row for every reference whose dataset, metric and (where the reference
+names one) evaluation split match the compared runs' `data.name` and `data.eval_split`.
 Compare like with like: same data, split, metric and sample count.
 """
 
@@ -17,6 +18,7 @@ class Reference:
     value: float
     source: str
     note: str = ""
+    split: str = ""  # the config's data.eval_split it was measured on; "": not split-specific
 
 
 REFERENCES: tuple[Reference, ...] = (
@@ -69,13 +71,20 @@ REFERENCES: tuple[Reference, ...] = (
     ),
     Reference(
         "Transformer base, WMT14 En-De newstest2014",
-        "wmt14_en_de",
+        "wmt14",
         "eval/bleu",
         27.3,
         "Vaswani et al. 2017, Table 2",
+        "tokenized BLEU with compound splitting (genlab: sacreBLEU, detokenized)",
+        split="test",
     ),
 )
 
 
-def matching(dataset: str, metric: str) -> list[Reference]:
-    return [r for r in REFERENCES if r.dataset == dataset and r.metric == metric]
+def matching(dataset: str, metric: str, split: str | None = None) -> list[Reference]:
+    """The references for runs on `dataset` that log `metric`, evaluated on `split`."""
+    return [
+        r
+        for r in REFERENCES
+        if r.dataset == dataset and r.metric == metric and r.split in ("", split)
+    ]

@@ -2,7 +2,7 @@
 
 Rows hold each run's config differences, the final and best value of each metric, the last step,
 wall time and throughput; published numbers from `experiments/references.py` are added as extra
-rows where dataset and metric match.
+rows where dataset and metric match (and the evaluated split, for split-specific ones).
 """
 
 from __future__ import annotations
@@ -106,14 +106,23 @@ def build_table(runs: list[RunRecord], metrics: list[str]) -> list[dict[str, Any
     for run, diff in zip(runs, config_differences(runs), strict=True):
         changes = ", ".join(f"{k}={v}" for k, v in diff.items()) or "(base)"
         rows.append({"run": run.name, "config differences": changes, **summarize(run, metrics)})
-    datasets = {_flatten(r.config).get("data.name") for r in runs} - {None}
-    for dataset in sorted(datasets):
+    evaluated = {
+        (flat.get("data.name"), flat.get("data.eval_split"))
+        for flat in (_flatten(r.config) for r in runs)
+        if flat.get("data.name") is not None
+    }
+    shown: set = set()
+    for dataset, split in sorted(evaluated, key=str):
         for metric in metrics:
-            for ref in matching(dataset, metric):
+            for ref in matching(dataset, metric, split):
+                if ref in shown:
+                    continue
+                shown.add(ref)
                 rows.append(
                     {
                         "run": f"reference: {ref.name}",
                         "config differences": f"{ref.source}"
+                        + (f"; data.eval_split={ref.split}" if ref.split else "")
                         + (f"; {ref.note}" if ref.note else ""),
                         f"{metric} final": ref.value,
                         f"{metric} best": ref.value,

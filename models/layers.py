@@ -169,20 +169,30 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_timescale: float = 10_000
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head scaled-dot-product self-attention (causal by default) with an optional KV cache.
+    """Multi-head scaled-dot-product attention (causal self-attention by default), KV-cached.
 
     Computed heads-major, (batch, heads, length, head_dim), so the score and value products are
     plain batched matmuls. In decode mode the keys and values of every call are written into a
     cache of `max_len` positions (collection `cache`), and queries attend to every cached
     position up to their own. `causal=False` gives bidirectional attention (encoders, image
     patches); `mask` (True = may attend, broadcastable to (batch, heads, query, key)) further
-    restricts it, e.g. to hide padding.
+    restricts it, e.g. to hide padding. `dropout` applies to the output and, unless
+    `attention_dropout` is given, to the attention weights.
+
+    `cross=True` makes it encoder-decoder attention: queries come from `x`, keys and values from
+    `inputs_kv` (same width), through the same `qkv_kernel` (its query slice for `x`, its
+    key/value slices for `inputs_kv`), never causal and without RoPE (the two sequences' positions
+    are unrelated). In decode mode the keys/values are computed once, by the call that passes
+    `inputs_kv`, and kept in the cache (`cross_key`, `cross_value`); later calls pass
+    `inputs_kv=None` and reuse them.
     """
 
     num_heads: int
     max_len: int
     causal: bool = True
+    cross: bool = False
     dropout: float = 0.0
+    attention_dropout: float | None = None  # on the attention weights; None: `dropout`
     use_rope: bool = False
     use_bias: bool = False
     out_init_std: float = DEFAULT_INIT_STD
@@ -197,6 +207,7 @@ class MultiHeadAttention(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         mask: jax.Array | None = None,
+        inputs_kv: jax.Array | None = None,
     ) -> jax.Array:
         length, width = x.shape[-2:]
         head_dim = width // self.num_heads
@@ -206,7 +217,7 @@ class MultiHeadAttention(nn.Module):
             (width, 3, self.num_heads, head_dim),
             self.param_dtype,
         )
-        qkv = matmul(x.astype(self.dtype), qkv_kernel.astype(self.dtype))  # (b, t, 3, h, d)
+        qkv_bias = None
         if self.use_bias:
             qkv_bias = self.param(
                 "qkv_bias",
@@ -214,6 +225,13 @@ class MultiHeadAttention(nn.Module):
                 (3, self.num_heads, head_dim),
                 self.param_dtype,
             )
+        if self.cross:
+            query, key, value = self._cross_projections(x, inputs_kv, qkv_kernel, qkv_bias, decode)
+            allowed = np.ones((length, key.shape[2]), dtype=bool)
+            return self._attend(query, key, value, allowed, mask, width, deterministic)
+
+        qkv = matmul(x.astype(self.dtype), qkv_kernel.astype(self.dtype))  # (b, t, 3, h, d)
+        if qkv_bias is not None:
             qkv = qkv + qkv_bias.astype(self.dtype)
         query, key, value = qkv.transpose(2, 0, 3, 1, 4)  # each (b, h, t, d)
         if self.use_rope:
@@ -228,14 +246,28 @@ class MultiHeadAttention(nn.Module):
             allowed = np.tril(np.ones((length, length), dtype=bool))  # positions are 0..length-1
         else:
             allowed = np.ones((length, length), dtype=bool)
+        return self._attend(query, key, value, allowed, mask, width, deterministic)
+
+    def _attend(
+        self,
+        query: jax.Array,
+        key: jax.Array,
+        value: jax.Array,
+        allowed: Any,
+        mask: jax.Array | None,
+        width: int,
+        deterministic: bool,
+    ) -> jax.Array:
+        """Softmax(q k^T / sqrt(d)) v over the allowed keys, then the output projection."""
+        head_dim = query.shape[-1]
         if mask is not None:
             allowed = jnp.logical_and(allowed, mask)
-
         query = query / jnp.sqrt(head_dim).astype(self.dtype)
         scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)
         scores = jnp.where(allowed, scores, jnp.finfo(self.dtype).min)
         weights = jax.nn.softmax(scores.astype(jnp.float32)).astype(self.dtype)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+        rate = self.dropout if self.attention_dropout is None else self.attention_dropout
+        weights = nn.Dropout(rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         out_kernel = self.param(
@@ -255,6 +287,42 @@ class MultiHeadAttention(nn.Module):
             out = out + out_bias.astype(self.dtype)
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
+    def _cross_projections(
+        self,
+        x: jax.Array,
+        inputs_kv: jax.Array | None,
+        qkv_kernel: jax.Array,
+        qkv_bias: jax.Array | None,
+        decode: bool,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries from `x`; keys/values from `inputs_kv`, or from the cache when decoding."""
+        query = matmul(x.astype(self.dtype), qkv_kernel[:, 0].astype(self.dtype))  # (b, t, h, d)
+        if qkv_bias is not None:
+            query = query + qkv_bias[0].astype(self.dtype)
+        query = query.transpose(0, 2, 1, 3)
+        initialized = self.has_variable("cache", "cross_key")
+        if inputs_kv is None:
+            if not (decode and initialized):
+                raise ValueError(
+                    "cross-attention needs inputs_kv, except when decoding from a cache"
+                )
+            cache = self.variables["cache"]
+            return query, cache["cross_key"], cache["cross_value"]
+        if inputs_kv.shape[-1] != x.shape[-1]:
+            raise ValueError(
+                f"cross-attention: inputs_kv width {inputs_kv.shape[-1]} != {x.shape[-1]}"
+            )
+        kv = matmul(inputs_kv.astype(self.dtype), qkv_kernel[:, 1:].astype(self.dtype))
+        if qkv_bias is not None:
+            kv = kv + qkv_bias[1:].astype(self.dtype)
+        key, value = kv.transpose(2, 0, 3, 1, 4)  # each (b, h, s, d)
+        if decode:
+            cached_key = self.variable("cache", "cross_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable("cache", "cross_value", jnp.zeros, value.shape, key.dtype)
+            if initialized:
+                cached_key.value, cached_value.value = key, value
+        return query, key, value
+
     def _update_cache(self, key: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Write this call's keys/values at the cache index; return the whole cache."""
         batch, heads, length, head_dim = key.shape
@@ -271,3 +339,40 @@ class MultiHeadAttention(nn.Module):
             )
             index.value = start + length
         return cached_key.value, cached_value.value
+
+
+def token_embedding(vocab_size: int, width: int, dtype: Dtype, param_dtype: Dtype) -> nn.Embed:
+    """The `token_embed` table of a language model (create it inside a compact module)."""
+    return nn.Embed(
+        vocab_size,
+        width,
+        embedding_init=partitioned(normal(), ("vocab", "embed")),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name="token_embed",
+    )
+
+
+def next_token_logits(
+    x: jax.Array,
+    embed: nn.Embed,
+    tie: bool,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """A language model's last LayerNorm (`ln_final`) and output layer: the embedding table
+    transposed when `tie`, else a `head` Dense; float32 logits. Call inside a compact module."""
+    x = LayerNorm(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name="ln_final")(x)
+    if tie:
+        logits = matmul(x.astype(dtype), embed.embedding.T.astype(dtype))
+    else:
+        logits = Dense(
+            embed.num_embeddings,
+            ("embed", "vocab"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name="head",
+        )(x)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits.astype(jnp.float32)

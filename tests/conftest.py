@@ -29,6 +29,9 @@ SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 LM_CONFIG = REPO / "experiments" / "shakespeare_char.py"
 VAE_CONFIG = REPO / "experiments" / "vae_mnist.py"
 GAN_CONFIG = REPO / "experiments" / "gan_mnist.py"
+DIFFUSION_CONFIG = REPO / "experiments" / "diffusion_mnist.py"
+SEQ2SEQ_CONFIG = REPO / "experiments" / "translate_multi30k.py"
+MULTI30K = DATA / "multi30k"
 
 
 def _test_variant(config_file: Path, data: Path, overrides: dict[str, str]):
@@ -53,6 +56,72 @@ def vae_config(**overrides: str):
 def gan_config(**overrides: str):
     """The MNIST GAN's `test` variant on the local files."""
     return _test_variant(GAN_CONFIG, DATA / "mnist", overrides)
+
+
+def diffusion_config(**overrides: str):
+    """The MNIST diffusion model's `test` variant on the local files."""
+    return _test_variant(DIFFUSION_CONFIG, DATA / "mnist", overrides)
+
+
+def lm_variant_config(variant: str, **overrides: str):
+    """Another variant of the Shakespeare LM file (e.g. `ssm_test`), on one device."""
+    from launch.config import apply_overrides, load_config
+
+    config = load_config(f"{LM_CONFIG}:{variant}")
+    apply_overrides(config, {"data.path": str(SHAKESPEARE), "mesh.data": "1", **overrides})
+    return config
+
+
+def seq2seq_config(**overrides: str):
+    """The Multi30k translation `test` variant on the local files, on one device."""
+    return _test_variant(SEQ2SEQ_CONFIG, MULTI30K, {"mesh.data": "1", **overrides})
+
+
+def assert_checkpoints_equal(dir_a: Path, dir_b: Path, step: int) -> None:
+    """The train states two workdirs saved at `step` are bit for bit the same."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from jax import tree
+
+    a, b = (
+        ocp.StandardCheckpointer().restore(Path(d) / "checkpoints" / str(step) / "state")
+        for d in (dir_a, dir_b)
+    )
+    leaves = list(zip(tree.leaves(a), tree.leaves(b), strict=True))
+    assert len(leaves) > 10
+    for x, y in leaves:
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def run_in_pieces(model, params, inputs, cuts: list[int]):
+    """The outputs of feeding `inputs` to a recurrent model in decode mode, split along time at
+    `cuts` (each piece continues the state the previous one left in the cache)."""
+    import jax
+    import jax.numpy as jnp
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(1), inputs[:, :1], decode=True))
+    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+    @jax.jit
+    def step(state, x):
+        return model.apply({"params": params, "cache": state}, x, decode=True, mutable=["cache"])
+
+    pieces = []
+    for start, stop in zip([0, *cuts], [*cuts, inputs.shape[1]], strict=True):
+        out, mutated = step(state, inputs[:, start:stop])
+        state = mutated["cache"]
+        pieces.append(out)
+    return jnp.concatenate(pieces, axis=1)
+
+
+def assert_close(actual, expected) -> None:
+    """Equal to 1e-5 of the outputs' size (which the small init keeps far below 1)."""
+    import numpy as np
+
+    scale = float(np.abs(np.asarray(expected)).max())
+    np.testing.assert_allclose(
+        np.asarray(actual) / scale, np.asarray(expected) / scale, atol=1e-5, rtol=0
+    )
 
 
 def genlab(

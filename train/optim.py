@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from train.errors import UserError
+from train.transfer import compile_pattern, path_of
 
-SCHEDULES = ("warmup_cosine", "stages", "constant")
+SCHEDULES = ("warmup_cosine", "stages", "constant", "inverse_sqrt")
+
+
+def inverse_sqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
+    """Vaswani et al. (2017), eq. 3, scaled to peak at `peak`: peak * min(s / w, sqrt(w / s))
+    with s = step + 1 (the paper counts steps from 1). The paper's d^-0.5 * w^-0.5 is the peak:
+    7.0e-4 for d = 512, w = 4000."""
+    warmup = max(warmup_steps, 1)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        step = jnp.asarray(count, jnp.float32) + 1.0
+        return peak * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+
+    return schedule
 
 
 def learning_rate_schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
     """`warmup_cosine` (default): linear warm-up from 0 to `lr`, then cosine decay to `min_lr` at
     step `decay_steps`. `stages`: `stage_lrs[i]` for `stage_steps[i]` steps each (the IWAE
-    paper's schedule). `constant`: `lr` throughout."""
+    paper's schedule). `constant`: `lr` throughout. `inverse_sqrt`: linear warm-up to `lr` over
+    `warmup_steps`, then decay as 1/sqrt(step) (the Transformer paper's)."""
     kind = c.get("schedule", "warmup_cosine")
     if kind == "constant":
         return optax.constant_schedule(c.lr)
+    if kind == "inverse_sqrt":
+        return inverse_sqrt_schedule(c.lr, c.warmup_steps)
     if kind == "stages":
         lrs, lengths = list(c.stage_lrs), list(c.stage_steps)
         if not lrs or len(lrs) != len(lengths):
@@ -40,13 +60,30 @@ def learning_rate_schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
-def matrices_only(params: optax.Params) -> optax.Params:
-    """Weight-decay mask: decay weight matrices and embeddings, never biases or norm scales."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+def decay_mask(no_decay: str = "") -> Callable[[optax.Params], optax.Params]:
+    """Weight-decay mask: decay weight matrices and embeddings, never biases or norm scales, nor
+    the parameters whose '/'-joined name (`block_0/ssm/a_log`) the regex `no_decay` matches."""
+    regex = compile_pattern(no_decay, "optim.no_decay") if no_decay else None
+
+    def mask(params: optax.Params) -> optax.Params:
+        def decayed(key_path: Any, p: jax.Array) -> bool:
+            return p.ndim >= 2 and not (regex and regex.search("/".join(path_of(key_path))))
+
+        out = jax.tree_util.tree_map_with_path(decayed, params)
+        if regex and not any(
+            regex.search("/".join(path_of(k)))
+            for k, _ in jax.tree_util.tree_leaves_with_path(params)
+        ):
+            raise UserError(f"optim.no_decay={no_decay!r} matches no parameter")
+        return out
+
+    return mask
 
 
 def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping; decoupled weight decay on matrices only."""
+    """AdamW with global-norm clipping; decoupled weight decay on matrices only, less those
+    `optim.no_decay` names."""
+    mask = decay_mask(c.get("no_decay", ""))
     parts = []
     if c.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(c.clip_norm))
@@ -57,7 +94,7 @@ def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation
             b2=c.b2,
             eps=c.eps,
             weight_decay=c.weight_decay,
-            mask=matrices_only,
+            mask=mask,
         )
     )
     return optax.chain(*parts)
