@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.layers import MLP, Dense, MultiHeadAttention, partitioned, sinusoidal_table
-from models.timestep import TimestepEmbedding, label_embedding
+from models.timestep import Conditioning
 
 
 def position_table_2d(grid: int, dim: int) -> np.ndarray:
@@ -112,9 +112,9 @@ class DiT(nn.Module):
         )
         grid = height // self.patch_size
         tokens = tokens + jnp.asarray(position_table_2d(grid, self.width))[None]
-        cond = TimestepEmbedding(256, self.width, self.num_timesteps, name="time")(t)
-        if self.num_classes:
-            cond = cond + label_embedding(self.num_classes, self.width, labels)
+        cond = Conditioning(256, self.width, self.num_timesteps, self.num_classes, name="cond")(
+            t, labels
+        )
         for index in range(self.depth):
             tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dropout, name=f"block_{index}")(
                 tokens, cond, deterministic

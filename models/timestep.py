@@ -1,5 +1,5 @@
-"""Conditioning inputs of diffusion denoisers: the timestep embedding and the label embedding,
-shared by the U-Net and the DiT."""
+"""What diffusion denoisers are conditioned on (timestep and label), shared by the U-Net and the
+DiT."""
 
 from __future__ import annotations
 
@@ -34,12 +34,25 @@ class TimestepEmbedding(nn.Module):
         return h
 
 
-def label_embedding(num_classes: int, features: int, labels: jax.Array) -> jax.Array:
-    """One vector per class, plus one for "no label" (index `num_classes`), which classifier-free
-    guidance trains by dropping labels and samples with. Call inside a compact module."""
-    return nn.Embed(
-        num_classes + 1,
-        features,
-        embedding_init=partitioned(nn.initializers.normal(0.02), (None, "mlp")),
-        name="label_embed",
-    )(labels)
+class Conditioning(nn.Module):
+    """The vector a denoiser is conditioned on: the timestep's embedding, plus for
+    class-conditional models a learned vector per class. Class `num_classes` means "no label",
+    which classifier-free guidance trains by dropping labels and samples with."""
+
+    frequency_dim: int
+    features: int
+    num_timesteps: int
+    num_classes: int = 0
+
+    @nn.compact
+    def __call__(self, t: jax.Array, labels: jax.Array | None) -> jax.Array:
+        emb = TimestepEmbedding(self.frequency_dim, self.features, self.num_timesteps, name="time")
+        out = emb(t)
+        if self.num_classes:
+            out = out + nn.Embed(
+                self.num_classes + 1,
+                self.features,
+                embedding_init=partitioned(nn.initializers.normal(0.02), (None, "mlp")),
+                name="label_embed",
+            )(labels)
+        return out

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from models.layers import MultiHeadAttention, partitioned
-from models.timestep import TimestepEmbedding, label_embedding
+from models.timestep import Conditioning
 
 CONV_AXES = (None, None, "conv_in", "conv_out")
 
@@ -121,10 +121,9 @@ class UNet(nn.Module):
         labels: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
-        width = 4 * self.channels
-        emb = TimestepEmbedding(self.channels, width, self.num_timesteps, name="time")(t)
-        if self.num_classes:
-            emb = emb + label_embedding(self.num_classes, width, labels)
+        emb = Conditioning(
+            self.channels, 4 * self.channels, self.num_timesteps, self.num_classes, name="cond"
+        )(t, labels)
 
         def blocks(h: jax.Array, features: int, prefix: str) -> jax.Array:
             h = ResBlock(features, self.norm_groups, self.dropout, name=f"{prefix}_res")(

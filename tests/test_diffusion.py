@@ -10,12 +10,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import DATA, REPO, genlab
+from conftest import (
+    DATA,
+    DIFFUSION_CONFIG,
+    REPO,
+    assert_checkpoints_equal,
+    diffusion_config,
+    genlab,
+)
 from test_fid_eval import ProjectionFeatures
 
-from launch.config import apply_overrides, load_config
+from launch.config import load_config
 from models.dit import patchify, unpatchify
 from train import diffusion, partitioning
 from train.errors import UserError
@@ -24,15 +30,8 @@ from train.metrics.generated import generated_image_scores
 from train.tasks import build_task
 from train.trainer import place_state, restore_run, train
 
-DIFFUSION_CONFIG = REPO / "experiments" / "diffusion_mnist.py"
 ONE_DEVICE = {"mesh.data": "1"}
 ONE_MESH = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
-
-
-def diffusion_config(**overrides: str):
-    config = load_config(f"{DIFFUSION_CONFIG}:test")
-    apply_overrides(config, {"data.path": str(DATA / "mnist"), **overrides})
-    return config
 
 
 def _schedule(kind: str = "linear", steps: int = 50) -> diffusion.Schedule:
@@ -234,14 +233,7 @@ def test_resume_is_exact(tmp_path):
     halfway = diffusion_config(**ONE_DEVICE, **{"train.steps": "10"})
     train(halfway, tmp_path / "resumed", devices=jax.devices()[:1])
     train(diffusion_config(**ONE_DEVICE), tmp_path / "resumed", devices=jax.devices()[:1])
-    a, b = (
-        ocp.StandardCheckpointer().restore(tmp_path / run / "checkpoints" / "20" / "state")
-        for run in ("straight", "resumed")
-    )
-    leaves = list(zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-    assert len(leaves) > 20
-    for x, y in leaves:
-        assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert_checkpoints_equal(tmp_path / "straight", tmp_path / "resumed", 20)
 
 
 def test_sampling_sharded_over_eight_devices_matches_one_device():

@@ -92,3 +92,30 @@ class Task(abc.ABC):
     def flops_per_step(self, state: Any) -> float | None:
         """Model FLOPs of one training step, for MFU; None when not known."""
         return None
+
+
+class ImageTask(Task):
+    """What the image families share: throughput in images, the dataset's images as the FID
+    reference, and FID/KID of `eval.fid_samples` samples at every eval when asked for."""
+
+    _quality: Any = None  # the FID Inception, loaded on first use
+
+    def examples_per_step(self) -> tuple[str, float]:
+        return "images", float(self.config.train.batch_size)
+
+    def reference_images(self, split: str) -> np.ndarray:
+        from train.data import images
+
+        d = self.config.data
+        pixels, _ = images.load_split(d.name, d.path, split)
+        return images.scale(pixels, "unit")
+
+    def evaluate_state(self, state: Any) -> dict[str, float]:
+        count = self.config.eval.get("fid_samples", 0)
+        if count <= 0:
+            return {}
+        if self._quality is None:
+            from train.metrics.generated import SampleQuality  # it imports this module
+
+            self._quality = SampleQuality(self.config.eval.get("fid_weights", ""))
+        return self._quality(self, state, count)

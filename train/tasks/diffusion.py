@@ -23,7 +23,6 @@ from models.unet import UNet
 from train import diffusion
 from train.data import images as image_data
 from train.errors import UserError
-from train.metrics.generated import SampleQuality
 from train.optim import make_optimizer
 from train.pictures import save_grid
 from train.state import TrainState, ema_update, gradient_step, step_rng
@@ -82,7 +81,7 @@ def build_model(c: ml_collections.ConfigDict, timesteps: int, image_shape: tuple
     )
 
 
-class Task(base.Task):
+class Task(base.ImageTask):
     batch_axes: ClassVar = {
         "image": ("batch", None, None, None),
         "label": ("batch",),
@@ -116,7 +115,6 @@ class Task(base.Task):
         self.image_shape = image_data.SHAPES[d.name]
         self.model = build_model(config.model, p.timesteps, self.image_shape)
         self.tx = make_optimizer(config.optim)
-        self._quality: SampleQuality | None = None
         if load_data:
             images, labels = image_data.load_split(d.name, d.path, "train")
             self.train_stream = image_data.ImageStream(images, labels)
@@ -268,18 +266,6 @@ class Task(base.Task):
             "eval/bpd_timesteps": float(self.config.eval.bpd_timesteps),
         }
 
-    def evaluate_state(self, state: DiffusionState) -> dict[str, float]:
-        """FID/KID of `eval.fid_samples` EMA samples against the test split, when asked for."""
-        count = self.config.eval.fid_samples
-        if count <= 0:
-            return {}
-        if self._quality is None:
-            self._quality = SampleQuality(self.config.eval.fid_weights)
-        return self._quality(self, state, count)
-
-    def examples_per_step(self) -> tuple[str, float]:
-        return "images", float(self.config.train.batch_size)
-
     # -- sampling --------------------------------------------------------------------------------
     def sampling_settings(self) -> dict[str, Any]:
         e = self.config.eval
@@ -334,11 +320,6 @@ class Task(base.Task):
         for index, start in enumerate(range(0, count, SAMPLE_CHUNK)):
             rng = jax.random.fold_in(jax.random.key(seed), index)
             yield self.draw(state.ema_params, rng, min(SAMPLE_CHUNK, count - start))[0]
-
-    def reference_images(self, split: str) -> np.ndarray:
-        d = self.config.data
-        images, _ = image_data.load_split(d.name, d.path, split)
-        return image_data.scale(images, "unit")
 
     def write_samples(self, state: DiffusionState, step: int, workdir: Path) -> None:
         """The same x_T at every eval: an 8x8 grid of samples, and a denoising strip of 8 chains

@@ -24,7 +24,6 @@ from flax import struct
 from models.gan import D_NORMS, SPECTRAL, UPSAMPLING, Discriminator, Generator
 from train.data import images as image_data
 from train.errors import UserError
-from train.metrics.generated import SampleQuality
 from train.optim import make_optimizer
 from train.pictures import save_grid
 from train.state import TrainState, ema_update, step_rng
@@ -85,7 +84,7 @@ def build_models(
     return generator, discriminator
 
 
-class Task(base.Task):
+class Task(base.ImageTask):
     batch_axes: ClassVar = {
         "image": ("batch", None, None, None, None),  # (batch, n_critic, H, W, C)
         "label": ("batch", None),
@@ -116,7 +115,6 @@ class Task(base.Task):
         self.g_tx = make_optimizer(config.optim_g)
         self.d_tx = make_optimizer(config.optim_d)
         self._generate_jit = jax.jit(self.generate)
-        self._quality: SampleQuality | None = None
         if load_data:
             images, labels = image_data.load_split(d.name, d.path, "train")
             self.train_stream = image_data.ImageStream(images, labels)
@@ -334,18 +332,6 @@ class Task(base.Task):
             "eval/d_accuracy": float(sums["d_correct_sum"]) / (2 * count),
         }
 
-    def evaluate_state(self, state: GANState) -> dict[str, float]:
-        """FID/KID of `eval.fid_samples` EMA samples against the test split, when asked for."""
-        count = self.config.eval.fid_samples
-        if count <= 0:
-            return {}
-        if self._quality is None:
-            self._quality = SampleQuality(self.config.eval.fid_weights)
-        return self._quality(self, state, count)
-
-    def examples_per_step(self) -> tuple[str, float]:
-        return "images", float(self.config.train.batch_size)
-
     # -- generated images (pictures, FID) --------------------------------------------------------
     def _draw(self, params: Any, rng: jax.Array, count: int) -> np.ndarray:
         labels = jnp.arange(count) % max(self.config.model.num_classes, 1)  # balanced classes
@@ -357,11 +343,6 @@ class Task(base.Task):
         for index, start in enumerate(range(0, count, SAMPLE_CHUNK)):
             rng = jax.random.fold_in(jax.random.key(seed), index)
             yield self._draw(state.ema_params, rng, min(SAMPLE_CHUNK, count - start))
-
-    def reference_images(self, split: str) -> np.ndarray:
-        d = self.config.data
-        images, _ = image_data.load_split(d.name, d.path, split)
-        return image_data.scale(images, "unit")
 
     def write_samples(self, state: GANState, step: int, workdir: Path) -> None:
         """The same noise at every eval, through the EMA generator: progress is visible by

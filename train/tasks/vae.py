@@ -87,7 +87,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(result.statistic) / (positive.sum() * (~positive).sum())
 
 
-class Task(base.Task):
+class Task(base.ImageTask):
     batch_axes: ClassVar = {
         "image": ("batch", None, None, None),
         "label": ("batch",),
@@ -241,9 +241,6 @@ class Task(base.Task):
             metrics["eval/auroc"] = auroc(scores, labels == holdout)
         return metrics
 
-    def examples_per_step(self) -> tuple[str, float]:
-        return "images", float(self.config.train.batch_size)
-
     # -- generated images (FID) ----------------------------------------------------------------
     def sample_images(self, state: TrainState, count: int, seed: int) -> Iterator[np.ndarray]:
         """Decoder means of prior samples (Bernoulli probabilities / grey levels) in [0, 1]."""
@@ -258,11 +255,6 @@ class Task(base.Task):
             n = min(chunk, count - start)
             images = draw(state.params, jax.random.fold_in(jax.random.key(seed), index), n)
             yield self._to_unit(np.asarray(images))
-
-    def reference_images(self, split: str) -> np.ndarray:
-        d = self.config.data
-        images, _ = image_data.load_split(d.name, d.path, split)
-        return image_data.scale(images, "unit")
 
     # -- pictures --------------------------------------------------------------------------------
     def write_samples(self, state: TrainState, step: int, workdir: Path) -> None:
