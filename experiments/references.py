@@ -70,6 +70,14 @@ REFERENCES: tuple[Reference, ...] = (
         "upper bound on NLL",
     ),
     Reference(
+        "SNGAN (ResNet), CIFAR-10",
+        "cifar10",
+        "eval/fid",
+        21.7,
+        "Miyato et al. 2018, Table 2",
+        "gan_cifar10.py:sngan is the paper's standard CNN, not this ResNet",
+    ),
+    Reference(
         "Transformer base, WMT14 En-De newstest2014",
         "wmt14",
         "eval/bleu",
