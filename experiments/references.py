@@ -74,7 +74,7 @@ REFERENCES: tuple[Reference, ...] = (
         "cifar10",
         "eval/fid",
         21.7,
-        "Miyato et al. 2018, Table 2",
+        "Miyato et al. 2018 (via ../shared/REFERENCES.md)",
         "gan_cifar10.py:sngan is the paper's standard CNN, not this ResNet",
     ),
     Reference(
