@@ -18,6 +18,8 @@ from models.layers import (
     next_token_logits,
     normal,
     partitioned,
+    position_rows,
+    remat_block,
     sinusoidal_table,
     token_embedding,
 )
@@ -36,6 +38,7 @@ class DecoderBlock(nn.Module):
     use_bias: bool
     activation: str
     out_init_std: float
+    attention_impl: str
     dtype: Any
     param_dtype: Any
 
@@ -52,6 +55,7 @@ class DecoderBlock(nn.Module):
             use_rope=self.use_rope,
             use_bias=self.use_bias,
             out_init_std=self.out_init_std,
+            attention_impl=self.attention_impl,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="attn",
@@ -75,6 +79,8 @@ class DecoderLM(nn.Module):
 
     `decode=True` runs incrementally against a KV cache (collection `cache`): each call continues
     from where the previous one stopped, so a prompt can be fed whole and then one token at a time.
+    `attention_impl` picks the attention kernel (models/layers.py ATTENTION_IMPLS) and `remat`
+    what each block keeps for the backward pass (REMAT_POLICIES).
     """
 
     vocab_size: int
@@ -88,6 +94,8 @@ class DecoderLM(nn.Module):
     tie_embeddings: bool = True
     use_bias: bool = False
     activation: str = "gelu_tanh"
+    attention_impl: str = "auto"
+    remat: str = "none"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -106,16 +114,17 @@ class DecoderLM(nn.Module):
                 (self.max_len, self.emb_dim),
                 self.param_dtype,
             )
-            x = x + jnp.take(table, positions, axis=0).astype(self.dtype)
+            x = x + position_rows(table, positions).astype(self.dtype)
         elif self.pos_encoding == "sinusoidal":
             table = jnp.asarray(sinusoidal_table(self.max_len, self.emb_dim))
-            x = x + jnp.take(table, positions, axis=0).astype(self.dtype)
+            x = x + position_rows(table, positions).astype(self.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         out_init_std = 0.02 / math.sqrt(2 * self.num_layers)  # GPT-2's scaled residual init
+        block = remat_block(DecoderBlock, self.remat, static_argnums=(3, 4))
         for layer in range(self.num_layers):
-            x = DecoderBlock(
+            x = block(
                 num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim,
                 max_len=self.max_len,
@@ -124,6 +133,7 @@ class DecoderLM(nn.Module):
                 use_bias=self.use_bias,
                 activation=self.activation,
                 out_init_std=out_init_std,
+                attention_impl=self.attention_impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block_{layer}",

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from train.dtypes import DTYPES
 from train.errors import UserError
 from train.transfer import compile_pattern, path_of
 
@@ -80,6 +81,15 @@ def decay_mask(no_decay: str = "") -> Callable[[optax.Params], optax.Params]:
     return mask
 
 
+def moment_dtype(name: str) -> Any:
+    """`optim.mu_dtype`: "" keeps the parameters' dtype; else float32 or bfloat16."""
+    if not name:
+        return None
+    if name not in DTYPES:
+        raise UserError(f"optim.mu_dtype={name!r} is unknown; allowed: '', {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """AdamW with global-norm clipping; decoupled weight decay on matrices only, less those
     `optim.no_decay` names."""
@@ -95,6 +105,7 @@ def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation
             eps=c.eps,
             weight_decay=c.weight_decay,
             mask=mask,
+            mu_dtype=moment_dtype(c.get("mu_dtype", "")),
         )
     )
     return optax.chain(*parts)

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
+from models.layers import ATTENTION_IMPLS, REMAT_POLICIES, cudnn_supports
 from models.rnn import LSTMLM
 from models.ssm import SSMLM
 from models.transformer import POS_ENCODINGS, DecoderLM
@@ -28,6 +28,7 @@ from train.data.text import TokenWindows, load_text, split_tokens
 from train.decoding import sample_tokens
 from train.dtypes import model_dtypes
 from train.errors import UserError
+from train.losses import token_cross_entropy
 from train.metrics.text import language_model_metrics
 from train.optim import make_optimizer
 from train.perf import transformer_flops_per_token
@@ -35,6 +36,8 @@ from train.state import TrainState, gradient_step
 from train.tasks import base
 
 ARCHS = ("transformer", "ssm", "lstm")
+DATA_SOURCES = ("text", "synthetic")
+SYNTHETIC_TOKENS = 1 << 20  # per split; windows are drawn from it at random
 EVAL_SEED_OFFSET = 10_007  # eval windows come from a different stream than training batches
 
 LanguageModel = DecoderLM | SSMLM | LSTMLM
@@ -71,6 +74,11 @@ def build_model(model_config: ml_collections.ConfigDict, max_len: int) -> Langua
         raise UserError(
             f"model.emb_dim={c.emb_dim} must be divisible by model.num_heads={c.num_heads}"
         )
+    attention_impl = c.get("attention_impl", "auto")
+    check_attention_impl(attention_impl, dtypes["dtype"], c.emb_dim // c.num_heads)
+    remat = c.get("remat", "none")
+    if remat not in REMAT_POLICIES:
+        raise UserError(f"model.remat={remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
     return DecoderLM(
         vocab_size=c.vocab_size,
         num_layers=c.num_layers,
@@ -83,8 +91,24 @@ def build_model(model_config: ml_collections.ConfigDict, max_len: int) -> Langua
         tie_embeddings=c.tie_embeddings,
         use_bias=c.use_bias,
         activation=c.activation,
+        attention_impl=attention_impl,
+        remat=remat,
         **dtypes,
     )
+
+
+def check_attention_impl(impl: str, dtype: Any, head_dim: int) -> None:
+    """`model.attention_impl` must be known, and `cudnn` must be usable here."""
+    if impl not in ATTENTION_IMPLS:
+        raise UserError(
+            f"model.attention_impl={impl!r} is unknown; allowed: {', '.join(ATTENTION_IMPLS)}"
+        )
+    if impl == "cudnn" and not cudnn_supports(dtype, head_dim):
+        raise UserError(
+            f"model.attention_impl='cudnn' needs a GPU, model.dtype bfloat16 and a head size "
+            f"(emb_dim / num_heads) that is a multiple of 8 up to 128; here: backend "
+            f"{jax.default_backend()}, dtype {jnp.dtype(dtype).name}, head size {head_dim}"
+        )
 
 
 class Task(base.Task):
@@ -97,6 +121,44 @@ class Task(base.Task):
         self.block_size = config.data.block_size
         self.arch = config.model.get("arch", "transformer")
         self.tokens_per_char: float | None = None  # of the validation text, for eval/bpc
+        d = config.data
+        source = d.get("source", "text")
+        if source not in DATA_SOURCES:
+            raise UserError(
+                f"data.source={source!r} is unknown; allowed: {', '.join(DATA_SOURCES)}"
+            )
+        self.tokenizer: tokenizers.Tokenizer | None = None
+        if source == "synthetic":
+            self._synthetic_data(config)
+        else:
+            self._text_data(config, workdir, load_data)
+        self.model = build_model(config.model, self.block_size)
+        self.tx = make_optimizer(config.optim)
+
+    def _synthetic_data(self, config: ml_collections.ConfigDict) -> None:
+        """Uniformly random tokens for throughput runs: no file, no tokenizer, no samples. The
+        loss stays near log(vocab_size); only speed and memory mean something."""
+        d = config.data
+        if d.vocab_size < 2:
+            raise UserError(
+                f"data.vocab_size={d.vocab_size}: data.source=synthetic needs the vocabulary "
+                "size (at least 2), e.g. 50304 for GPT-2"
+            )
+        count = max(SYNTHETIC_TOKENS, 4 * (self.block_size + 1))
+        rng = np.random.default_rng(config.seed)
+        self.train_windows = TokenWindows(
+            rng.integers(0, d.vocab_size, count, np.int32), self.block_size
+        )
+        self.val_windows = TokenWindows(
+            rng.integers(0, d.vocab_size, count, np.int32), self.block_size
+        )
+        with config.unlocked():
+            config.model.vocab_size = d.vocab_size
+
+    def _text_data(
+        self, config: ml_collections.ConfigDict, workdir: Path | None, load_data: bool
+    ) -> None:
+        """A text corpus, its tokenizer (fitted, or reused from a run) and its token windows."""
         d = config.data
         fit = None
         if load_data:
@@ -122,8 +184,6 @@ class Task(base.Task):
             self.val_windows = TokenWindows(val_tokens, self.block_size)
         with config.unlocked():
             config.model.vocab_size = self.tokenizer.vocab_size
-        self.model = build_model(config.model, self.block_size)
-        self.tx = make_optimizer(config.optim)
 
     def _restrict(self, text: str, source: str) -> str:
         """`text` with the characters a reused char vocabulary lacks handled as
@@ -155,7 +215,7 @@ class Task(base.Task):
         logits = self.model.apply(
             {"params": params}, batch["inputs"], deterministic=False, rngs={"dropout": rng}
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+        loss = token_cross_entropy(logits, batch["targets"]).mean()
         return loss, {"train/loss": loss}
 
     def train_step(self, state: TrainState, batch: base.Batch):
@@ -165,7 +225,7 @@ class Task(base.Task):
 
     def eval_step(self, state: TrainState, batch: base.Batch) -> dict[str, jax.Array]:
         logits = self.model.apply({"params": state.params}, batch["inputs"])
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        losses = token_cross_entropy(logits, batch["targets"])
         return {"loss_sum": losses.sum(), "count": jnp.asarray(losses.size, jnp.float32)}
 
     def summarize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
@@ -194,7 +254,8 @@ class Task(base.Task):
             )
 
     def save_assets(self, workdir: Path) -> None:
-        tokenizers.save_tokenizer(self.tokenizer, workdir)
+        if self.tokenizer is not None:
+            tokenizers.save_tokenizer(self.tokenizer, workdir)
 
     # -- throughput ------------------------------------------------------------------------------
     def examples_per_step(self) -> tuple[str, float]:
@@ -233,6 +294,8 @@ class Task(base.Task):
         top_p: float = 1.0,
     ) -> str:
         """Continue `prompt` by `num_tokens` characters/tokens."""
+        if self.tokenizer is None:
+            raise UserError("a data.source=synthetic run has no tokenizer: it cannot sample text")
         prompt_ids = self.tokenizer.encode(prompt)
         if len(prompt_ids) == 0:
             raise UserError("--prompt must not be empty")
@@ -249,7 +312,9 @@ class Task(base.Task):
         )
         return self.tokenizer.decode(ids)
 
-    def write_samples(self, state: TrainState, step: int, workdir: Path) -> str:
+    def write_samples(self, state: TrainState, step: int, workdir: Path) -> str | None:
+        if self.tokenizer is None:  # synthetic tokens: nothing readable to sample
+            return None
         s = self.config.sample
         text = self.generate(
             state.params, s.prompt, s.num_tokens, s.seed, s.temperature, s.top_k, s.top_p
@@ -337,7 +402,8 @@ def decode_tokens(
     logits, updated = model.apply(
         {"params": params, "cache": cache}, context, decode=True, mutable=["cache"]
     )
-    first = sample_tokens(jax.random.fold_in(rng, 0), logits[:, -1], temperature, top_k, top_p)
+    last = logits[:, -1].astype(jnp.float32)
+    first = sample_tokens(jax.random.fold_in(rng, 0), last, temperature, top_k, top_p)
 
     def step(carry, index):
         cache, token = carry
@@ -345,7 +411,11 @@ def decode_tokens(
             {"params": params, "cache": cache}, token[:, None], decode=True, mutable=["cache"]
         )
         token = sample_tokens(
-            jax.random.fold_in(rng, index), logits[:, -1], temperature, top_k, top_p
+            jax.random.fold_in(rng, index),
+            logits[:, -1].astype(jnp.float32),
+            temperature,
+            top_k,
+            top_p,
         )
         return (updated["cache"], token), token
 
