@@ -22,7 +22,7 @@ GPT2_CONFIG = REPO / "experiments" / "gpt2_synthetic.py"
 
 def _synthetic(**overrides: str):
     config = load_config(f"{GPT2_CONFIG}:test")
-    apply_overrides(config, {"mesh.data": "1", **overrides})
+    apply_overrides(config, overrides)
     return config
 
 
@@ -34,7 +34,6 @@ def test_gpt2_124m_has_gpt2_smalls_parameter_count():
         shapes, is_leaf=lambda x: hasattr(x, "value")))  # fmt: skip
     # GPT-2 small without biases, vocabulary padded to 50,304: 124.4M (nanoGPT: 124M).
     assert count == 124_373_760
-    assert task.flops_per_step(jax.eval_shape(task.init_state, jax.random.key(0))) > 0
 
 
 def test_synthetic_tokens_train_without_text_or_tokenizer(tmp_path):
@@ -52,7 +51,7 @@ def test_synthetic_tokens_train_without_text_or_tokenizer(tmp_path):
 def test_synthetic_tokens_need_a_vocabulary_and_cannot_be_sampled(tmp_path):
     with pytest.raises(UserError, match=r"data.vocab_size=0: data.source=synthetic needs"):
         Task(_synthetic(**{"data.vocab_size": "0"}))
-    with pytest.raises(UserError, match=r"data.source='words' is unknown; allowed: text"):
+    with pytest.raises(UserError, match=r"data.source='words' is not allowed"):
         Task(_synthetic(**{"data.source": "words"}))
     workdir = tmp_path / "run"
     genlab("train", "--config", f"{GPT2_CONFIG}:test", "--workdir", str(workdir), check=True)
@@ -70,5 +69,5 @@ def test_first_moment_dtype_is_a_setting():
     assert mu["w"].dtype == jnp.bfloat16 and nu["w"].dtype == jnp.float32
     default = make_optimizer(lm_config().optim).init(params)
     assert optax.tree_utils.tree_get(default, "mu")["w"].dtype == jnp.float32
-    with pytest.raises(UserError, match=r"optim.mu_dtype='float16' is unknown"):
+    with pytest.raises(UserError, match=r"optim.mu_dtype='float16' is not allowed"):
         make_optimizer(lm_config(**{"optim.mu_dtype": "float16"}).optim)
