@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from launch.validate import check_config
 from train.errors import UserError
 
 # Keys every experiment has without its file declaring them; train/transfer.py reads them.
@@ -39,7 +40,12 @@ def load_python_file(path: str, function: str, flag: str, kind: str, expected: s
     module_spec = importlib.util.spec_from_file_location(f"genlab_{kind}_{file.stem}", file)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise UserError(f"{flag}: {path} line {error.lineno}: {error.msg}") from None
+    except Exception as error:  # the file's own code failed: say where, in one line
+        raise UserError(f"{flag}: {path} failed to load: {type(error).__name__}: {error}") from None
     if not hasattr(module, function):
         raise UserError(f"{flag}: {path} defines no {function}()")
     return module
@@ -90,7 +96,8 @@ def parse_value(text: str, current: Any, key: str) -> Any:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
-    """Set `a.b.c` keys from text; unknown keys and wrong types are `UserError`s."""
+    """Set `a.b.c` keys from text, then check the whole config (launch/validate.py); unknown
+    keys, wrong types and values out of range are `UserError`s."""
     for key, text in overrides.items():
         node: Any = config
         parts = key.split(".")
@@ -112,6 +119,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
                 node[parts[-1]] = parse_value(text, current, key)
             except TypeError as error:
                 raise UserError(f"--config.{key}={text}: {error}") from None
+    check_config(config)
 
 
 def split_config_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from models.layers import ATTENTION_IMPLS, REMAT_POLICIES, cudnn_supports
+from models.layers import cudnn_supports
 from models.rnn import LSTMLM
 from models.ssm import SSMLM
 from models.transformer import POS_ENCODINGS, DecoderLM
@@ -36,7 +36,6 @@ from train.state import TrainState, gradient_step
 from train.tasks import base
 
 ARCHS = ("transformer", "ssm", "lstm")
-DATA_SOURCES = ("text", "synthetic")
 SYNTHETIC_TOKENS = 1 << 20  # per split; windows are drawn from it at random
 EVAL_SEED_OFFSET = 10_007  # eval windows come from a different stream than training batches
 
@@ -76,9 +75,7 @@ def build_model(model_config: ml_collections.ConfigDict, max_len: int) -> Langua
         )
     attention_impl = c.get("attention_impl", "auto")
     check_attention_impl(attention_impl, dtypes["dtype"], c.emb_dim // c.num_heads)
-    remat = c.get("remat", "none")
-    if remat not in REMAT_POLICIES:
-        raise UserError(f"model.remat={remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
+    remat = c.get("remat", "none")  # its allowed values are checked with the config
     return DecoderLM(
         vocab_size=c.vocab_size,
         num_layers=c.num_layers,
@@ -98,11 +95,8 @@ def build_model(model_config: ml_collections.ConfigDict, max_len: int) -> Langua
 
 
 def check_attention_impl(impl: str, dtype: Any, head_dim: int) -> None:
-    """`model.attention_impl` must be known, and `cudnn` must be usable here."""
-    if impl not in ATTENTION_IMPLS:
-        raise UserError(
-            f"model.attention_impl={impl!r} is unknown; allowed: {', '.join(ATTENTION_IMPLS)}"
-        )
+    """`model.attention_impl=cudnn` must be usable on this machine (the config check knows only
+    the allowed names)."""
     if impl == "cudnn" and not cudnn_supports(dtype, head_dim):
         raise UserError(
             f"model.attention_impl='cudnn' needs a GPU, model.dtype bfloat16 and a head size "
@@ -122,11 +116,7 @@ class Task(base.Task):
         self.arch = config.model.get("arch", "transformer")
         self.tokens_per_char: float | None = None  # of the validation text, for eval/bpc
         d = config.data
-        source = d.get("source", "text")
-        if source not in DATA_SOURCES:
-            raise UserError(
-                f"data.source={source!r} is unknown; allowed: {', '.join(DATA_SOURCES)}"
-            )
+        source = d.get("source", "text")  # text | synthetic, checked with the config
         self.tokenizer: tokenizers.Tokenizer | None = None
         if source == "synthetic":
             self._synthetic_data(config)
