@@ -26,6 +26,7 @@ from train.perf import peak_flops_per_device
 from train.tasks import build_task
 from train.tasks.base import Task
 from train.transfer import Transfer
+from train.workdir import WorkdirLock, check_same_run, prepare_workdir
 
 
 class Stopped(Exception):
@@ -64,10 +65,10 @@ def place_state(
     boxed = jax.eval_shape(task.init_state, rng)
     shardings = partitioning.logical_shardings(boxed, mesh)
     placement = Placement(mesh, shardings, partitioning.batch_shardings(mesh, task.batch_axes))
-    latest = step if step is not None else checkpoints.latest_step() if checkpoints else None
-    if latest is not None:
+    if checkpoints is not None and (step is not None or checkpoints.latest_step() is not None):
         target = abstract_with_shardings(nn.meta.unbox(boxed), shardings)
-        return checkpoints.restore(target, latest), placement, latest
+        state, restored = checkpoints.restore(target, step)
+        return state, placement, restored
     # Traced without the logical rules: out_shardings alone place the state, and the rules would
     # constrain DenseGeneral's flat kernel before it is reshaped to its named shape.
     init = jax.jit(lambda r: nn.meta.unbox(task.init_state(r)), out_shardings=shardings)
@@ -178,14 +179,25 @@ class Trainer:
         devices: list[jax.Device] | None = None,
     ):
         self.config = config
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = prepare_workdir(Path(workdir))
+        self.is_lead = jax.process_index() == 0
+        # Process 0 holds the workdir for the whole run (other processes of the run share it).
+        self.lock = WorkdirLock(self.workdir).acquire() if self.is_lead else None
+        try:
+            self._set_up(devices)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, devices: list[jax.Device] | None) -> None:
+        """Everything checked before anything of the workdir changes."""
+        config = self.config
+        check_same_run(config, self.workdir)
         self.task = build_task(config, workdir=self.workdir)
         self.mesh = partitioning.make_mesh(config.mesh, devices)
         partitioning.check_batch_divides(
             config.train.batch_size, self.mesh, config.train.grad_accum
         )
-        self.is_lead = jax.process_index() == 0
         self.transfer = Transfer(config)  # init_from / freeze, checked before any work
         t = config.train
         self.checkpoints = Checkpoints(
@@ -196,18 +208,28 @@ class Trainer:
             async_save=t.async_checkpoints,
         )
 
+    def close(self) -> None:
+        """Let go of the workdir (after `run`, or when set-up failed)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def run(self) -> dict[str, float]:
         """Train to the configured number of steps; return the last logged metrics."""
         t = self.config.train
-        if self.is_lead:
+        try:
+            state, placement, start = place_state(
+                self.task, self.mesh, self.config.seed, self.checkpoints
+            )
+            # A resumed run continues from its own checkpoint: init_from only seeds a fresh one.
+            state, transfer_lines = self.transfer.prepare(state, placement.state, fresh=start == 0)
+        except BaseException:
+            self.close()
+            raise
+        if self.is_lead:  # the run starts: only now does its record change
             save_config(self.config, self.workdir / CONFIG_FILE)
             write_metadata(self.workdir, sys.argv)
             self.task.save_assets(self.workdir)
-        state, placement, start = place_state(
-            self.task, self.mesh, self.config.seed, self.checkpoints
-        )
-        # A resumed run continues from its own checkpoint: init_from only seeds a fresh one.
-        state, transfer_lines = self.transfer.prepare(state, placement.state, fresh=start == 0)
         writer = MetricWriter(self.workdir, enabled=self.is_lead, resumed_at=start)
         progress = Progress(
             t.steps, start, enabled=self.is_lead and t.progress_bar, lead=self.is_lead
@@ -223,6 +245,7 @@ class Trainer:
             self.checkpoints.wait()
             progress.close()
             writer.close()
+            self.close()
 
     def _compile(self, state: Any, placement: Placement) -> tuple[Any, Any, float]:
         task = self.task
