@@ -6,7 +6,9 @@ Every mistake in the user's input ends as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,9 @@ from launch.config import (
 from launch.cpu_devices import split_cpu
 from train.errors import UserError
 from train.metadata import CONFIG_FILE
+
+# Failures of the machine rather than of genlab: said in one line, like a user's mistake.
+SYSTEM_LIMITS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +83,12 @@ def _without_num_processes(argv: list[str]) -> list[str]:
 
 def _workdir_config(workdir: Path, overrides: dict[str, str]):
     """A workdir's saved config; `overrides` change evaluation settings, not the model."""
+    fixed = [key for key in overrides if key == "task" or key.startswith(("model.", "task."))]
+    if fixed:
+        raise UserError(
+            f"--config.{fixed[0]}: a trained run's task and model cannot be changed here; "
+            "allowed: evaluation, data and sampling settings"
+        )
     config = read_config(workdir / CONFIG_FILE)
     apply_overrides(config, overrides)
     return config
@@ -129,6 +140,8 @@ def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str
         raise UserError(f"--temperature={args.temperature}: must be >= 0 (0 is greedy)")
     if not 0.0 < args.top_p <= 1.0:
         raise UserError(f"--top_p={args.top_p}: must lie in (0, 1]")
+    if args.top_k < 0:
+        raise UserError(f"--top_k={args.top_k}: must be >= 0 (0 keeps every token)")
     import jax
 
     from train.trainer import restore_run
@@ -139,12 +152,26 @@ def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str
     task, state, _, _ = restore_run(config, workdir, args.step, jax.devices()[:1], load_data=False)
     if not hasattr(task, "generate"):
         raise UserError(f"sample: task {task.config.task!r} does not generate text")
-    prompt = args.prompt.encode().decode("unicode_escape")
+    vocab = task.config.model.get("vocab_size", 0)
+    if vocab and args.top_k > vocab:
+        raise UserError(
+            f"--top_k={args.top_k}: the vocabulary has {vocab} tokens; allowed: 0..{vocab}"
+        )
+    prompt = unescape(args.prompt)
     text = task.generate(
         state.params, prompt, args.num_tokens, args.seed, args.temperature, args.top_k, args.top_p
     )
     print(prompt + text)
     return 0
+
+
+ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """`\\n`, `\\t` and `\\\\` in a prompt typed on a command line; every other character as typed
+    (non-ASCII included), a lone backslash too."""
+    return re.sub(r"\\([nt\\])", lambda m: ESCAPES[m.group(1)], text)
 
 
 def _sweep(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
@@ -315,6 +342,12 @@ def main(argv: list[str] | None = None) -> None:
         code = run(sys.argv[1:] if argv is None else argv)
     except UserError as error:
         print(f"genlab: error: {error}", file=sys.stderr)
+        code = 2
+    except OSError as error:
+        if error.errno not in SYSTEM_LIMITS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"genlab: error: {error.strerror}{where}", file=sys.stderr)
         code = 2
     sys.exit(code)
 

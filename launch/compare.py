@@ -75,7 +75,8 @@ def config_differences(runs: list[RunRecord]) -> list[dict[str, Any]]:
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
     ignored = ("data.path",)
-    return [{k: f.get(k) for k in varying if k not in ignored} for f in flats]
+    # A key one run lacks (another family's setting) is left out of that run's row, not `None`.
+    return [{k: f[k] for k in varying if k not in ignored and k in f} for f in flats]
 
 
 def _best(values: list[float], metric: str) -> float:
@@ -136,7 +137,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1e3 else f"{value:,.0f}"
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("\n", "\\n")  # one Markdown row per run
 
 
 def write_reports(

@@ -25,13 +25,29 @@ def cpu_device_count(config: ml_collections.ConfigDict, cores: int) -> int:
 
 
 def split_cpu(config: ml_collections.ConfigDict) -> None:
-    """Set XLA_FLAGS for a CPU run, unless JAX is already running or the user chose a count."""
-    if "jax" in sys.modules and hasattr(sys.modules["jax"], "devices"):
-        return  # too late: the backend may already exist
-    flags = os.environ.get("XLA_FLAGS", "")
-    if FLAG in flags or os.environ.get("JAX_PLATFORMS", "cpu") not in ("", "cpu"):
+    """Give XLA's CPU client one device per core (as `mesh.cpu_devices` says) before it starts.
+
+    JAX reads `jax_num_cpu_devices` when its first backend starts, not when it is imported, so
+    this works whatever was imported before. Left alone: a device count already in XLA_FLAGS (the
+    user's, or the tests') and runs on another platform. If a backend has started already, the
+    split cannot happen any more and a note says so on stderr.
+    """
+    if FLAG in os.environ.get("XLA_FLAGS", ""):
+        return
+    if os.environ.get("JAX_PLATFORMS", "cpu") not in ("", "cpu"):
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     count = cpu_device_count(config, cores or 1)
-    if count > 1:
-        os.environ["XLA_FLAGS"] = f"{flags} {FLAG}={count}".strip()
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        have = jax.local_device_count()
+        if jax.default_backend() == "cpu" and have != count:
+            print(
+                f"genlab: note: XLA started before the CPU could be split; running on {have} "
+                f"CPU device(s) instead of {count}",
+                file=sys.stderr,
+            )
+        return
+    jax.config.update("jax_num_cpu_devices", count)

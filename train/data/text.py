@@ -29,7 +29,18 @@ def load_text(path: str) -> str:
             "or leave data.path empty to download Tiny Shakespeare"
         )
     datasets.disable_progress_bars()
-    dataset = datasets.load_dataset("text", data_files=source, sample_by="document", split="train")
+    try:
+        dataset = datasets.load_dataset(
+            "text", data_files=source, sample_by="document", split="train"
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__
+        if isinstance(cause, UnicodeDecodeError):
+            raise UserError(
+                f"data.path={path!r} is not UTF-8 text (byte {cause.start}: {cause.reason}); "
+                "give a text file"
+            ) from None
+        raise
     return "".join(dataset["text"])
 
 

@@ -324,14 +324,14 @@ class Task(base.ImageTask):
     def write_samples(self, state: DiffusionState, step: int, workdir: Path) -> None:
         """The same x_T at every eval: an 8x8 grid of samples, and a denoising strip of 8 chains
         shown at 10 moments from x_T (left) to x_0 (right)."""
-        images, path = self.draw(
-            state.ema_params, jax.random.key(self.config.seed), 64, STRIP_COLUMNS
-        )
+        # A chain of n steps has n + 1 distinct moments: never ask for more (they would repeat).
+        columns = min(STRIP_COLUMNS, self._steps() + 1)
+        images, path = self.draw(state.ema_params, jax.random.key(self.config.seed), 64, columns)
         strip = path[:, :STRIP_ROWS].transpose(1, 0, 2, 3, 4).reshape(-1, *self.image_shape)
         if jax.process_index() == 0:
             folder = workdir / "samples"
             save_grid(images, folder / f"samples_{step:07d}.png", 8)
-            save_grid(strip, folder / f"denoising_{step:07d}.png", STRIP_COLUMNS)
+            save_grid(strip, folder / f"denoising_{step:07d}.png", columns)
         return None
 
 
