@@ -9,11 +9,17 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Many tests (and their subprocesses) compile the same tiny programs: share a compilation cache.
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR",
-    os.path.join(os.environ.get("TMPDIR", "/tmp"), "genlab-test-jax-cache"),
-)
+# Many tests (and their subprocesses) compile the same tiny programs: they share a compilation
+# cache, private to this test session so that concurrent sessions never read each other's
+# half-written entries.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="genlab-test-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -125,9 +131,10 @@ def assert_close(actual, expected) -> None:
 
 
 def genlab(
-    *args: str, timeout: float = 300, env: dict | None = None, check: bool = False
+    *args: str, timeout: float = 900, env: dict | None = None, check: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the `genlab` command in a fresh process (the way users run it)."""
+    """Run the `genlab` command in a fresh process (the way users run it). The timeout only
+    catches hangs: a loaded 2-core machine can be many times slower than an idle one."""
     result = subprocess.run(
         [sys.executable, "-m", "launch.cli", *args],
         cwd=REPO,

@@ -186,3 +186,17 @@ def test_submitit_local_executor_runs_the_real_submission_path(tmp_path):
     assert [job.result() for job in jobs] == [0]
     assert (runs[0].workdir / "checkpoints" / "20").is_dir()
     assert REPO.is_dir()
+
+
+def test_compare_leaves_out_keys_a_run_lacks_and_keeps_one_row_per_run(tmp_path):
+    from launch.compare import RunRecord, build_table, write_reports
+
+    lm = RunRecord("lm", tmp_path, {"task": "lm", "sample": {"prompt": "\n"}}, [])
+    vae = RunRecord("vae", tmp_path, {"task": "vae", "model": {"latents": [50]}}, [])
+    rows = build_table([lm, vae], ["eval/loss"])
+    assert rows[0]["config differences"] == "sample.prompt=\n, task=lm"
+    assert rows[1]["config differences"] == "model.latents=[50], task=vae"
+    write_reports(rows, [lm, vae], [], tmp_path / "report")
+    markdown = (tmp_path / "report" / "compare.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and "None" not in markdown  # header, rule, one row per run
