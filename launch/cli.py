@@ -134,8 +134,6 @@ def _eval_fid(args: argparse.Namespace, config, workdir: Path) -> int:
 
 
 def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
-    if args.num_tokens < 1:
-        raise UserError(f"--num_tokens={args.num_tokens}: must be at least 1")
     if args.temperature < 0:
         raise UserError(f"--temperature={args.temperature}: must be >= 0 (0 is greedy)")
     if not 0.0 < args.top_p <= 1.0:
@@ -329,9 +327,35 @@ def _parser() -> _Parser:
     return parser
 
 
+# Numeric flags and their least allowed value (flags a command lacks are skipped).
+FLAG_MINIMUMS = {
+    "num_processes": 1,
+    "process_count": 1,
+    "process_id": 0,
+    "distributed_timeout": 1,
+    "step": 0,
+    "num_samples": 1,
+    "num_tokens": 1,
+    "parallel": 1,
+    "devices_per_run": 0,
+    "nodes": 1,
+    "gpus_per_node": 0,
+    "timeout_min": 1,
+}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag within its range, as one line naming the flag."""
+    for name, low in FLAG_MINIMUMS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise UserError(f"--{name}={value} is not allowed; allowed: >= {low}")
+
+
 def run(argv: list[str]) -> int:
     spec, overrides, rest = split_config_args(argv)
     args = _parser().parse_args(rest)
+    check_flags(args)
     args.argv = argv
     command: Callable[..., int] = args.run
     return command(args, spec, overrides)

@@ -62,6 +62,20 @@ def test_bad_settings_are_one_line_errors(capsys, tmp_path, argument, words):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["sweep", "s.py", "--parallel", "0"], "--parallel=0 is not allowed; allowed: >= 1"),
+        (["train", "--workdir", "w", "--num_processes", "-1"], "--num_processes=-1"),
+        (["eval", "--workdir", "w", "--step", "-3"], "--step=-3 is not allowed"),
+        (["sample", "--workdir", "w", "--num_tokens", "0"], "--num_tokens=0 is not allowed"),
+        (["eval", "--workdir", "w", "--metric", "bleu"], "invalid choice: 'bleu'"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(capsys, argv, words):
+    assert words in _one_line_error(capsys, argv)
+
+
 def test_bad_files_and_folders_are_one_line_errors(capsys, tmp_path):
     config = tmp_path / "broken.py"
     config.write_text("def get_config(variant):\n    return (\n")
@@ -189,3 +203,16 @@ def test_the_quickstart_gets_one_xla_device_per_core(tmp_path):
     expected = cpu_device_count(lm_config(), cores)
     assert json.loads((tmp_path / "metadata.json").read_text())["device_count"] == expected
     assert "could be split" not in result.stderr
+
+
+def test_a_full_disk_stops_before_a_checkpoint_with_one_line(capsys, tmp_path, monkeypatch):
+    import shutil
+
+    import train.workdir
+
+    nearly_full = shutil._ntuple_diskusage(total=10**9, used=10**9 - 4096, free=4096)
+    monkeypatch.setattr(train.workdir.shutil, "disk_usage", lambda path: nearly_full)
+    workdir = tmp_path / "run"
+    err = _one_line_error(capsys, [*TRAIN, "--workdir", str(workdir), "--config.train.steps=12"])
+    assert "checkpoint step 10 needs about" in err and "MiB are free" in err
+    assert not any((workdir / "checkpoints").iterdir())  # nothing half-written

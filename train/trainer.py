@@ -26,7 +26,7 @@ from train.perf import peak_flops_per_device
 from train.tasks import build_task
 from train.tasks.base import Task
 from train.transfer import Transfer
-from train.workdir import WorkdirLock, check_same_run, prepare_workdir
+from train.workdir import WorkdirLock, check_room, check_same_run, prepare_workdir
 
 
 class Stopped(Exception):
@@ -277,6 +277,7 @@ class Trainer:
         train_step, eval_step, compile_s = self._compile(state, placement)
         unit, units_per_step = task.examples_per_step()
         flops = task.flops_per_step(state)
+        state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
         peak = peak_flops_per_device()
         pending: list[dict[str, Any]] = []
         last: dict[str, float] = {"perf/compile_time_s": compile_s}
@@ -344,6 +345,7 @@ class Trainer:
                     progress.print(_describe(step, summary))
                 last.update(summary)
             if saving:
+                check_room(self.workdir, state_bytes, f"checkpoint step {step}")
                 self.checkpoints.save(step, state, metrics=last if evaluating else None)
             if evaluating or saving:  # keep eval and checkpoint time out of the step time
                 tick = time.perf_counter()

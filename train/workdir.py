@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,4 +115,16 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
         raise UserError(
             f"--workdir {workdir} holds a run with other task/model settings: {shown}; resume it "
             f"with `genlab train --workdir {workdir}` alone, or use a new --workdir"
+        )
+
+
+def check_room(workdir: Path, needed_bytes: int, what: str) -> None:
+    """Refuse, in one line, to start writing `what` where it cannot fit: a checkpoint that runs
+    out of disk half-way fails in Orbax's background threads, in many tracebacks."""
+    free = shutil.disk_usage(workdir).free
+    needed = int(needed_bytes * 1.1) + (1 << 20)  # metadata and a margin
+    if free < needed:
+        raise UserError(
+            f"{what} needs about {needed / 2**20:.1f} MiB in {workdir} but {free / 2**20:.1f} MiB "
+            "are free; free some space (the run resumes from its last checkpoint)"
         )
