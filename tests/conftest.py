@@ -99,6 +99,14 @@ def assert_checkpoints_equal(dir_a: Path, dir_b: Path, step: int) -> None:
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
+def tiny_decoder_lm(**overrides):
+    """A two-layer, 16-wide decoder LM over 13 tokens (context 16) for model-level tests."""
+    from models.transformer import DecoderLM
+
+    settings = dict(vocab_size=13, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=32, max_len=16)
+    return DecoderLM(**{**settings, **overrides})
+
+
 def run_in_pieces(model, params, inputs, cuts: list[int]):
     """The outputs of feeding `inputs` to a recurrent model in decode mode, split along time at
     `cuts` (each piece continues the state the previous one left in the cache)."""

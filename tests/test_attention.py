@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import lm_config, run_in_pieces
+from conftest import lm_config, run_in_pieces, tiny_decoder_lm
 
 from models.layers import REMAT_POLICIES, MultiHeadAttention, resolve_attention_impl
 from models.transformer import DecoderLM, segment_mask
@@ -122,18 +122,7 @@ def test_xla_cross_attention_equals_reference():
 
 
 def _lm(impl: str = "xla", remat: str = "none", dropout: float = 0.0) -> DecoderLM:
-    return DecoderLM(
-        vocab_size=13,
-        num_layers=2,
-        num_heads=2,
-        emb_dim=16,
-        mlp_dim=32,
-        max_len=16,
-        pos_encoding="rope",
-        dropout=dropout,
-        attention_impl=impl,
-        remat=remat,
-    )
+    return tiny_decoder_lm(pos_encoding="rope", dropout=dropout, attention_impl=impl, remat=remat)
 
 
 @pytest.mark.parametrize("impl", ["xla", "reference"])

@@ -7,22 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_decoder_lm
 
 from models.transformer import DecoderLM
 from train.decoding import filter_logits, sample_tokens
 
 
 def _model(pos_encoding: str, tie: bool = True) -> DecoderLM:
-    return DecoderLM(
-        vocab_size=13,
-        num_layers=2,
-        num_heads=2,
-        emb_dim=16,
-        mlp_dim=32,
-        max_len=16,
-        pos_encoding=pos_encoding,
-        tie_embeddings=tie,
-    )
+    return tiny_decoder_lm(pos_encoding=pos_encoding, tie_embeddings=tie)
 
 
 @pytest.mark.parametrize(
