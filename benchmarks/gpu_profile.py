@@ -151,7 +151,7 @@ def profile(spec: str, overrides: dict[str, str], steps: int, trace_steps: int, 
     trainer = Trainer(config, workdir)
     task = trainer.task
     state, placement, _ = place_state(task, trainer.mesh, config.seed, None)
-    train_step, _, compile_s = trainer._compile(state, placement)
+    train_step, _, compile_s = trainer.compile_steps(state, placement)
 
     def new_batch(step: int):
         return partitioning.global_batch(task.train_batch(step), placement.batch)

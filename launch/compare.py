@@ -18,6 +18,7 @@ from experiments.references import matching
 from launch.sweep import MANIFEST, read_manifest
 from train.errors import UserError
 from train.logging import METRICS_FILE, read_metrics
+from train.metadata import flat_settings
 
 HIGHER_IS_BETTER = ("bleu", "elbo", "accuracy", "auroc", "inception_score")
 DEFAULT_METRICS = ("eval/loss",)
@@ -59,19 +60,9 @@ def _load(workdir: Path, name: str) -> RunRecord:
     return RunRecord(name, workdir, config, read_metrics(workdir))
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(runs: list[RunRecord]) -> list[dict[str, Any]]:
     """For each run, the config keys whose values are not the same in every run."""
-    flats = [_flatten(r.config) for r in runs]
+    flats = [flat_settings(r.config) for r in runs]
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
     ignored = ("data.path",)
@@ -109,7 +100,7 @@ def build_table(runs: list[RunRecord], metrics: list[str]) -> list[dict[str, Any
         rows.append({"run": run.name, "config differences": changes, **summarize(run, metrics)})
     evaluated = {
         (flat.get("data.name"), flat.get("data.eval_split"))
-        for flat in (_flatten(r.config) for r in runs)
+        for flat in (flat_settings(r.config) for r in runs)
         if flat.get("data.name") is not None
     }
     shown: set = set()

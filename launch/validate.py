@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ import ml_collections
 from models.layers import ATTENTION_IMPLS, REMAT_POLICIES
 from train.dtypes import DTYPES
 from train.errors import UserError
+from train.metadata import flat_settings
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,6 @@ RULES: dict[str, Range | Choice] = {
 }
 
 
-def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def _allowed(key: str, value: Any, rule: Range | Choice) -> bool:
     if key == "mesh.cpu_devices":  # -1 (one per core) or a positive count
         return rule.allows(value) or POSITIVE.allows(value)
@@ -129,7 +121,7 @@ def rule_for(key: str) -> Range | Choice | None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raise a one-line UserError for the first key whose value its rule does not allow."""
-    for key, value in _leaves(config):
+    for key, value in flat_settings(config.to_dict()).items():
         rule = rule_for(key)
         if rule is not None and not _allowed(key, value, rule):
             allowed = rule.describe()

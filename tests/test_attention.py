@@ -160,6 +160,8 @@ def test_remat_changes_no_parameter_loss_or_gradient(policy):
         )
         return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 0])
 
+    assert "remat" in str(jax.make_jaxpr(lambda p: loss(remat, p))(params))  # really remat
+    assert "remat" not in str(jax.make_jaxpr(lambda p: loss(plain, p))(params))
     want, want_grads = jax.value_and_grad(lambda p: loss(plain, p))(params)
     got, got_grads = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
     np.testing.assert_allclose(got, want, rtol=1e-6)

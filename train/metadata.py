@@ -9,6 +9,7 @@ import subprocess
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -75,6 +76,17 @@ def collect(argv: list[str]) -> dict:
 
 
 CONFIG_FILE = "config.json"
+
+
+def flat_settings(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (as a dict, e.g. read from config.json) as {"a.b.c": value}; a leaf
+    given with a `prefix` comes back as {prefix: leaf}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat_settings(value, f"{prefix}.{key}" if prefix else key))
+    return out
 
 
 def save_config(config: ml_collections.ConfigDict, path: Path) -> None:

@@ -15,12 +15,11 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 
 from train.errors import UserError
-from train.metadata import CONFIG_FILE
+from train.metadata import CONFIG_FILE, flat_settings
 
 LOCK_FILE = ".genlab_lock"
 # What a resumed run must share with the run that wrote the checkpoints: the task and the model,
@@ -84,15 +83,6 @@ class WorkdirLock:
         self._fd = None
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
-    return out
-
-
 def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """A workdir that holds a run may only be resumed with the same task and model settings."""
     saved_path = Path(workdir) / CONFIG_FILE
@@ -102,7 +92,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
     new = json.loads(json.dumps(config.to_dict(), default=str))  # tuples as the file has them
     differences = []
     for group in FIXED_GROUPS:
-        before, after = _flat(saved.get(group), group), _flat(new.get(group), group)
+        before, after = flat_settings(saved.get(group), group), flat_settings(new.get(group), group)
         for key in sorted(before):  # keys added to genlab after the run was saved are not checked
             if key.rsplit(".", 1)[-1] in HOW_IT_COMPUTES:
                 continue
