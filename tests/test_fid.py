@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import inception
 from models.inception import (
     WEIGHTS_FILE,
     WEIGHTS_SHA256,
     Block35,
     ConvBN,
     FIDInceptionV3,
-    load_fid_weights,
+    conv2d,
 )
 from train.errors import UserError
 from train.metrics.fid import (
@@ -28,6 +29,7 @@ from train.metrics.fid import (
     frechet_distance,
     inception_score,
     kid,
+    load_fid_weights,
     preprocess,
     reference_statistics,
     statistics_cache_path,
@@ -172,6 +174,36 @@ def test_mixed_block_matches_numpy(variables, raw, layers):
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "channels"),
+    [
+        ((3, 3), 1, (0, 0), 5),  # 'same', cropped
+        ((3, 3), 1, (1, 1), 5),
+        ((1, 7), 1, (0, 3), 5),
+        ((1, 1), 1, (0, 0), 5),  # a matmul
+        ((3, 3), 2, (0, 0), 5),  # thin: the plain convolution
+        ((3, 3), 2, (0, 0), 192),  # gathered patches, one matmul
+    ],
+)
+def test_conv2d_matches_the_plain_convolution(kernel, stride, padding, channels):
+    """Each of conv2d's CPU formulations computes the convolution it replaces."""
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 13, 12, channels)), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=(*kernel, channels, 7)), jnp.float32)
+    highest = jax.lax.Precision.HIGHEST
+    ours = conv2d(x, weight, stride, padding, highest)
+    plain = jax.lax.conv_general_dilated(
+        x,
+        weight,
+        (stride, stride),
+        [(p, p) for p in padding],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=highest,
+    )
+    assert ours.shape == plain.shape
+    np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+
+
 def test_full_network_features(tmp_path):
     rng = np.random.default_rng(2)
     images = rng.uniform(0, 1, (2, 299, 299, 3)).astype(np.float32)
@@ -197,6 +229,13 @@ def test_checksum_mismatch_is_a_user_error(tmp_path):
 def test_missing_weights_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_fid_weights(tmp_path / "nowhere")
+
+
+def test_the_model_module_raises_its_own_error(tmp_path):
+    """models/ imports nothing from train/: it raises WeightsError, which fid makes a UserError."""
+    with pytest.raises(inception.WeightsError, match="does not exist") as raised:
+        inception.load_fid_weights(tmp_path / "nowhere")
+    assert not isinstance(raised.value, UserError)
 
 
 # ---- preprocessing -----------------------------------------------------------------------------

@@ -19,13 +19,8 @@ import numpy as np
 import scipy.linalg
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models.inception import (
-    FEATURE_DIM,
-    INPUT_SIZE,
-    WEIGHTS_SHA256,
-    FIDInceptionV3,
-    load_fid_weights,
-)
+from models import inception
+from models.inception import FEATURE_DIM, INPUT_SIZE, WEIGHTS_SHA256, FIDInceptionV3
 from train.errors import UserError
 
 RANGE_TOLERANCE = 1e-3
@@ -33,6 +28,15 @@ INCEPTION_SCORE_NOTE = (
     "Inception Score is not available: the FID Inception weights stop at the 2048-d pool3 "
     "features and have no 1008-way classifier, so there are no logits to score"
 )
+
+
+def load_fid_weights(folder: str | Path) -> dict[str, Any]:
+    """`models.inception.load_fid_weights`, with a missing or wrong weights file reported as a
+    UserError (one line from the CLI): only the user can fetch the right file."""
+    try:
+        return inception.load_fid_weights(folder)
+    except inception.WeightsError as error:
+        raise UserError(str(error)) from error
 
 
 def check_images(images: np.ndarray | jax.Array, check_values: bool = True) -> None:
@@ -82,8 +86,9 @@ class FeatureExtractor:
     so one compilation serves any number of images).
 
     Each batch is split over this process's devices. On a CPU split into one XLA device per core
-    that is 1.7x faster than one device (0.083 vs 0.142 s per image on 2 cores), as XLA's CPU
-    backend leaves cores idle between small operations.
+    that is faster than one device with an intra-op thread per core (2 cores, batch 50: 2.6 vs
+    3.4 s per batch), as XLA's CPU backend leaves cores idle between and inside small operations;
+    `benchmarks/fid_speed.py` has the profile.
     """
 
     #: names the features in cache keys, so features of another extractor are never reused
