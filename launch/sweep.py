@@ -1,8 +1,10 @@
 """Sweeps: a base config plus axes (grid, zip, random search), expanded into runs with workdirs.
 
-A sweep file defines `get_sweep() -> Sweep`. Every run is an ordinary `genlab train` command with
-`--config.KEY=VALUE` overrides; its workdir is named after those overrides, under the sweep folder,
-which also holds `sweep.json`: the runs, their overrides, commands and status.
+A sweep file is data: its `get_sweep()` returns a dict of Python literals (see
+experiments/sweeps/__init__.py), which `load_sweep` checks and turns into a `Sweep`. Every run is an
+ordinary `genlab train` command with `--config.KEY=VALUE` overrides; its workdir is named after
+those overrides, under the sweep folder, which also holds `sweep.json`: the runs, their overrides,
+commands and status.
 """
 
 from __future__ import annotations
@@ -82,14 +84,159 @@ def random_search(axes: dict[str, Sampler], count: int, seed: int = 0) -> list[O
 
 @dataclass
 class Sweep:
-    """`base` is `experiments/FILE.py:variant` (relative to the repository or absolute); `axes` are
-    lists of overrides (from grid/zipped/random_search) whose product gives the runs; `slurm` holds
-    cluster resources."""
+    """`base` is `experiments/FILE.py:variant` (relative to the repository or absolute); each axis
+    is a list of overrides, and the product of the axes gives the runs; `slurm` holds cluster
+    resources."""
 
     base: str
-    axes: list[list[Overrides]] | list[Overrides]
+    axes: list[list[Overrides]]
     slurm: dict[str, Any] = field(default_factory=dict)
     overrides: Overrides = field(default_factory=dict)  # applied to every run
+
+
+# -- the sweep file's data ----------------------------------------------------------------------
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
+    "uniform": uniform,
+    "loguniform": loguniform,
+    "choice": choice,
+    "randint": randint,
+}
+AXIS_KINDS = ("grid", "zip", "random")
+TOP_KEYS = ("base", "axes", "overrides", "slurm")
+LITERALS = "str, int, float, bool, None or a list of them"
+
+
+def _is_literal(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return all(_is_literal(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mapping(value: Any, where: str, what: str) -> dict[str, Any]:
+    """A dict with non-empty string keys (config keys such as `optim.lr`, or resource names)."""
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a dict of {what}, got {value!r}")
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise UserError(f"{where}: keys must be non-empty strings, got {key!r}")
+    return value
+
+
+def _literals(value: Any, where: str, what: str) -> dict[str, Any]:
+    """A dict of plain values: what `--config.KEY=VALUE` (or a SLURM resource) can hold."""
+    for key, item in _mapping(value, where, what).items():
+        if not _is_literal(item):
+            raise UserError(f"{where}: {key}={item!r} is not allowed; values are {LITERALS}")
+    return dict(value)
+
+
+def _value_lists(value: Any, where: str) -> dict[str, list[Any]]:
+    """`{key: [values]}` for grid and zip axes."""
+    axes = _mapping(value, where, "config keys to lists of values")
+    if not axes:
+        raise UserError(f"{where}: needs at least one config key")
+    for key, values in axes.items():
+        if not isinstance(values, list | tuple) or not _is_literal(values):
+            raise UserError(f"{where}: {key} needs a list of values ({LITERALS}), got {values!r}")
+    return {key: list(values) for key, values in axes.items()}
+
+
+def _sampler(spec: Any, where: str) -> Sampler:
+    """`{"loguniform": [low, high]}`, `{"uniform": [low, high]}`, `{"randint": [low, high]}`
+    (both ends included) or `{"choice": [values]}`."""
+    allowed = ", ".join(SAMPLERS)
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise UserError(f"{where}: a sampler is a one-key dict of {allowed}; got {spec!r}")
+    ((name, args),) = spec.items()
+    if name not in SAMPLERS:
+        raise UserError(f"{where}: unknown sampler {name!r}; allowed: {allowed}")
+    if name == "choice":
+        if not isinstance(args, list | tuple) or not args or not _is_literal(args):
+            raise UserError(f"{where}: choice needs a non-empty list of {LITERALS}, got {args!r}")
+        return choice(list(args))
+    check = _is_int if name == "randint" else _is_number
+    if not (isinstance(args, list | tuple) and len(args) == 2 and all(map(check, args))):
+        kind = "integers" if name == "randint" else "numbers"
+        raise UserError(f"{where}: {name} needs [low, high], two {kind}, got {args!r}")
+    low, high = args
+    if low > high or (name == "loguniform" and low <= 0):
+        rule = "0 < low <= high" if name == "loguniform" else "low <= high"
+        raise UserError(f"{where}: {name} needs {rule}, got {list(args)}")
+    return SAMPLERS[name](low, high)
+
+
+def _axis(data: Any, where: str) -> list[Overrides]:
+    """One axis: `{"grid": {...}}`, `{"zip": {...}}` or `{"random": {...}, "count": N}` (and an
+    optional `"seed"`, 0 by default)."""
+    kinds = ", ".join(AXIS_KINDS)
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{where}: an axis is a dict with one of {kinds}; got {data!r}")
+    given = [key for key in data if key in AXIS_KINDS]
+    if not given:
+        unknown = next(iter(data), None)
+        raise UserError(f"{where}: unknown axis kind {unknown!r}; allowed: {kinds}")
+    if len(given) > 1:
+        raise UserError(f"{where}: an axis has exactly one of {kinds}, got {', '.join(given)}")
+    kind = given[0]
+    options = ("count", "seed") if kind == "random" else ()
+    for key in data:
+        if key != kind and key not in options:
+            extra = f"; allowed besides {kind}: {', '.join(options)}" if options else ""
+            raise UserError(f"{where}: unknown key {key!r} in a {kind} axis{extra}")
+    where = f"{where}.{kind}"
+    if kind == "grid":
+        return grid(_value_lists(data[kind], where))
+    if kind == "zip":
+        try:
+            return zipped(_value_lists(data[kind], where))
+        except UserError as error:
+            raise UserError(f"{where}: {error}") from None
+    samplers = _mapping(data[kind], where, "config keys to samplers")
+    if not samplers:
+        raise UserError(f"{where}: needs at least one config key")
+    count, seed = data.get("count"), data.get("seed", 0)
+    if not _is_int(count) or count < 1:
+        raise UserError(f"{where}: count needs a positive integer, got {count!r}")
+    if not _is_int(seed):
+        raise UserError(f"{where}: seed needs an integer, got {seed!r}")
+    drawn = {key: _sampler(spec, f"{where}.{key}") for key, spec in samplers.items()}
+    return random_search(drawn, count, seed)
+
+
+def parse_sweep(data: Any, where: str) -> Sweep:
+    """Check a sweep file's data and build its Sweep; every mistake is a one-line UserError."""
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{where}: get_sweep() must return a dict with keys {', '.join(TOP_KEYS)}; "
+            f"got {type(data).__name__}"
+        )
+    for key in data:
+        if key not in TOP_KEYS:
+            raise UserError(f"{where}: unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
+    for key in ("base", "axes"):
+        if key not in data:
+            raise UserError(f"{where}: missing key {key!r}")
+    base, axes = data["base"], data["axes"]
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{where}: base needs 'experiments/NAME.py[:variant]', got {base!r}")
+    if not isinstance(axes, list | tuple):
+        raise UserError(f"{where}: axes needs a list of axes (dicts), got {axes!r}")
+    return Sweep(
+        base=base,
+        axes=[_axis(axis, f"{where}: axes[{i}]") for i, axis in enumerate(axes)],
+        slurm=_literals(data.get("slurm", {}), f"{where}: slurm", "resources to values"),
+        overrides=_literals(
+            data.get("overrides", {}), f"{where}: overrides", "config keys to values"
+        ),
+    )
 
 
 # -- expansion ----------------------------------------------------------------------------------
@@ -102,8 +249,15 @@ class Run:
 
 
 def load_sweep(path: str) -> Sweep:
+    """Import the sweep file, call its `get_sweep()` and check the data it returns."""
     module = load_python_file(path, "get_sweep", "sweep", "sweep", "experiments/sweeps/NAME.py")
-    return module.get_sweep()
+    try:
+        data = module.get_sweep()
+    except Exception as error:  # the file's own code failed: say where, in one line
+        raise UserError(
+            f"sweep: {path}: get_sweep() failed: {type(error).__name__}: {error}"
+        ) from None
+    return parse_sweep(data, f"sweep {path}")
 
 
 def format_value(value: Any) -> str:
@@ -128,8 +282,6 @@ def base_path(base: str, sweep_file: Path) -> str:
 def expand(sweep: Sweep, sweep_file: Path, root: Path) -> list[Run]:
     """All runs of the sweep, each validated against the base config."""
     groups = sweep.axes
-    if groups and isinstance(groups[0], dict):  # one axis given without its enclosing list
-        groups = [groups]
     if not groups or any(len(axis) == 0 for axis in groups):
         raise UserError(f"sweep {sweep_file}: it has no runs (an axis is empty or there are none)")
     base = base_path(sweep.base, sweep_file)

@@ -5,13 +5,11 @@ genlab sweep experiments/sweeps/shakespeare_lr_width.py            # runs here, 
 genlab compare runs/sweeps/shakespeare_lr_width --metric eval/loss
 """
 
-from launch.sweep import Sweep, grid
 
-
-def get_sweep() -> Sweep:
-    return Sweep(
-        base="experiments/shakespeare_char.py:test",
-        overrides={"data.path": "../shared/data/tinyshakespeare/input.txt"},
-        axes=[grid({"optim.lr": [1e-3, 3e-3], "model.emb_dim": [32, 64]})],
-        slurm={"nodes": 1, "gpus_per_node": 1, "timeout_min": 30, "partition": None},
-    )
+def get_sweep() -> dict:
+    return {
+        "base": "experiments/shakespeare_char.py:test",
+        "overrides": {"data.path": "../shared/data/tinyshakespeare/input.txt"},
+        "axes": [{"grid": {"optim.lr": [1e-3, 3e-3], "model.emb_dim": [32, 64]}}],
+        "slurm": {"nodes": 1, "gpus_per_node": 1, "timeout_min": 30, "partition": None},
+    }

@@ -3,17 +3,18 @@
 genlab sweep experiments/sweeps/shakespeare_random_lr.py --dry-run
 """
 
-from launch.sweep import Sweep, loguniform, random_search, uniform
 
-
-def get_sweep() -> Sweep:
-    return Sweep(
-        base="experiments/shakespeare_char.py:cpu",
-        axes=[
-            random_search(
-                {"optim.lr": loguniform(3e-4, 3e-3), "model.dropout": uniform(0, 0.2)},
-                count=6,
-                seed=0,
-            )
+def get_sweep() -> dict:
+    return {
+        "base": "experiments/shakespeare_char.py:cpu",
+        "axes": [
+            {
+                "random": {
+                    "optim.lr": {"loguniform": [3e-4, 3e-3]},
+                    "model.dropout": {"uniform": [0, 0.2]},
+                },
+                "count": 6,
+                "seed": 0,
+            }
         ],
-    )
+    }
