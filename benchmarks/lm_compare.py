@@ -45,16 +45,19 @@ def measure_generation(workdir: Path, num_tokens: int) -> dict:
     import jax
 
     from launch.config import read_config
+    from train.capabilities import TextSampling
+    from train.data.splits import NONE
     from train.metadata import CONFIG_FILE
-    from train.tasks import lm
+    from train.tasks.lm import sampling as lm
     from train.trainer import restore_run
 
     config = read_config(workdir / CONFIG_FILE)
     with config.unlocked():
         config.mesh.update(data=1, fsdp=1, tensor=1)
-    task, state, _, step = restore_run(config, workdir, None, jax.devices()[:1], load_data=False)
+    task, state, _, step = restore_run(config, workdir, None, jax.devices()[:1], NONE)
     rss_before = _rss_mib()
-    generate = lambda seed: task.generate(state.params, "\n", num_tokens, seed, 0.8)
+    settings = lambda seed: TextSampling(num_tokens, seed, temperature=0.8)
+    generate = lambda seed: task.sample_text(state, "\n", settings(seed))
     started = time.perf_counter()
     generate(0)
     first = time.perf_counter() - started

@@ -71,7 +71,7 @@ def main() -> None:
         f"--config.data.path={args.data}",
         f"--config.data.eval_split={TEST_SPLIT}",
         "--config.data.eval_examples=0",
-        f"--config.eval.bleu_examples={args.test_examples}",
+        f"--config.evals.bleu.examples={args.test_examples}",
     ]
     started = time.perf_counter()
     scores = last_json(genlab(*eval_command))

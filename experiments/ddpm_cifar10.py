@@ -29,7 +29,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.model.update(attention_resolutions=(16,), norm_groups=32, num_heads=1, ema_decay=0.9999)
     c.optim.update(lr=2e-4, min_lr=2e-4, warmup_steps=5000, decay_steps=800_000, clip_norm=1.0)
     c.train.update(steps=800_000, batch_size=128, eval_every=50_000, checkpoint_every=10_000)
-    c.eval.update(sampler="ddpm", fid_samples=0)
+    c.eval.update(sampler="ddpm")
     if variant == "test":
         c.train.update(steps=2, batch_size=8, eval_every=2, eval_batch_size=8, progress_bar=False)
         c.data.eval_examples = 8

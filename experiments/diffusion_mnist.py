@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.evals import image_evals
+
 BASE_VARIANTS = ("unet", "dit", "cpu", "dit_cpu", "test")
 VARIANTS = BASE_VARIANTS + tuple(f"fashion_{v}" for v in BASE_VARIANTS)
 
@@ -78,8 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.guidance = 1.0  # classifier-free guidance scale (1: the conditional model alone)
     c.eval.clip_x0 = True  # clip predicted x_0 to [-1, 1] while sampling and in the bound
     c.eval.bpd_timesteps = 999  # KL terms of the bound: T - 1 is exact, fewer is stratified
-    c.eval.fid_samples = 0  # > 0: FID/KID of this many EMA samples at every eval (slow on CPU)
-    c.eval.fid_weights = ""  # FID Inception folder; empty: ../shared/data/fid_inception_v3
+
+    c.evals = image_evals()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100_000

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.evals import image_evals
+
 BASE_VARIANTS = ("dcgan", "hinge_sn", "cpu", "test")
 VARIANTS = BASE_VARIANTS + tuple(f"fashion_{v}" for v in BASE_VARIANTS)
 
@@ -71,9 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim_g = optimizer(2e-4, 0.5, 0.999)
     c.optim_d = optimizer(2e-4, 0.5, 0.999)
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.fid_samples = 0  # > 0: FID/KID of this many EMA samples at every eval (slow on CPU)
-    c.eval.fid_weights = ""  # FID Inception folder; empty: ../shared/data/fid_inception_v3
+    c.evals = image_evals()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 50_000  # generator updates
@@ -84,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 500
     c.train.checkpoint_every = 5000
     c.train.keep_checkpoints = 2
-    c.train.best_metric = ""  # with eval.fid_samples > 0: "eval/fid" keeps the best checkpoint
+    c.train.best_metric = ""  # with evals.fid.every >= 0: "eval/fid" keeps the best checkpoint
     c.train.best_mode = "min"
     c.train.async_checkpoints = True
     c.train.progress_bar = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.evals import text_evals
 from models.ssm import MAMBA_DEFAULTS
 
 VARIANTS = ("cpu", "gpu", "test", "ssm", "lstm", "ssm_test", "lstm_test")
@@ -80,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.clip_norm = 1.0  # 0 disables clipping
     c.optim.mu_dtype = ""  # dtype of Adam's first moment: "" (the parameters') | bfloat16 | float32
 
+    c.evals = text_evals()
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
     c.train.batch_size = 12  # global batch, all devices and hosts together

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.evals import translation_evals
+
 VARIANTS = ("base", "cpu", "test")
 
 
@@ -71,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 1.0
 
+    c.evals = translation_evals()
     c.train = ml_collections.ConfigDict()
     c.train.steps = 4000  # about 32 epochs at ~236 pairs per step
     c.train.batch_size = 64  # packed rows of data.max_len slots (about 3.7 pairs each)
@@ -88,9 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.beam_size = 4  # 1: greedy
     c.eval.length_penalty = 0.6  # GNMT's alpha; beam 4 and alpha 0.6 as Vaswani et al. 2017
-    c.eval.bleu_examples = -1  # eval-split sentences translated for eval/bleu (-1 all, 0 none)
     c.eval.decode_batch_size = 64  # sentences per decoding batch (each with beam_size beams)
-    c.eval.bleu_tokenize = "13a"  # sacreBLEU's default (WMT's)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -113,7 +114,7 @@ def get_config(variant: str = "base") -> ml_collections.ConfigDict:
         c.optim.update(lr=1e-3, warmup_steps=300)
         c.train.update(steps=1700, batch_size=32, log_every=50)
         c.train.update(eval_every=500, checkpoint_every=500)
-        c.eval.bleu_examples = 200  # the first 200 val sentences at each eval; test: genlab eval
+        c.evals.bleu.examples = 200  # the first 200 val sentences at each eval; test: genlab eval
     elif variant == "test":
         c.data.update(vocab_size=400, max_len=32, train_examples=600, eval_examples=24)
         c.model.update(num_encoder_layers=1, num_decoder_layers=1, num_heads=2)
@@ -121,6 +122,7 @@ def get_config(variant: str = "base") -> ml_collections.ConfigDict:
         c.optim.update(lr=1e-2, warmup_steps=5)
         c.train.update(steps=20, batch_size=8, log_every=5, eval_every=20, checkpoint_every=10)
         c.train.update(eval_batch_size=8, progress_bar=False)
-        c.eval.update(beam_size=2, decode_batch_size=8, bleu_examples=8)
+        c.eval.update(beam_size=2, decode_batch_size=8)
+        c.evals.bleu.examples = 8
         c.sample.num_examples = 2
     return c

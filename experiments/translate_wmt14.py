@@ -38,5 +38,6 @@ def get_config(variant: str = "base") -> ml_collections.ConfigDict:
     # 96 rows x 256 slots, packed to ~97%: about 24k source and 24k target tokens per step.
     c.train.update(steps=100_000, batch_size=96, eval_batch_size=96, log_every=100)
     c.train.update(eval_every=5000, checkpoint_every=5000, keep_checkpoints=5)
-    c.eval.update(beam_size=4, length_penalty=0.6, bleu_examples=-1, decode_batch_size=128)
+    c.eval.update(beam_size=4, length_penalty=0.6, decode_batch_size=128)
+    c.evals.bleu.examples = -1
     return c

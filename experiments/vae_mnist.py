@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.evals import image_evals
+
 VARIANTS = ("iwae_paper", "two_layer", "static", "conv", "cpu", "test")
 MNIST_TRAIN = 60_000
 
@@ -74,6 +76,7 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 0.0
 
+    c.evals = image_evals()
     c.train = ml_collections.ConfigDict()
     c.train.steps = sum(lengths)
     c.train.batch_size = batch

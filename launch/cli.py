@@ -94,46 +94,55 @@ def _workdir_config(workdir: Path, overrides: dict[str, str]):
     return config
 
 
+FID_FLAGS = {"num_samples": "num_samples", "fid_weights": "weights", "fid_cache": "cache"}
+
+
 def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    """`--metric NAME` runs that evaluator (train/evaluators/); `task` (the default) runs every
+    evaluator the run's config runs during training, samples aside."""
+    from train import evaluators
+
+    if args.metric != "task" and args.metric not in evaluators.available():
+        allowed = ", ".join(["task", *evaluators.available()])
+        raise UserError(f"--metric={args.metric}: unknown evaluator; allowed: {allowed}")
     workdir = Path(args.workdir)
     if args.metric == "fid":  # Inception dominates: one XLA device per core (fid.py says why)
         overrides = {"mesh.cpu_devices": "-1", **overrides}
     config = _workdir_config(workdir, overrides)
     split_cpu(config)  # before jax starts
-    if args.metric == "fid":
-        return _eval_fid(args, config, workdir)
     from train.trainer import evaluate_run
 
+    names = None if args.metric == "task" else [args.metric]
+    settings = {key: getattr(args, flag) for flag, key in FID_FLAGS.items()}
+    settings["split"] = args.fid_split
+    if args.metric != "fid":
+        given = [flag for flag, key in FID_FLAGS.items() if settings[key] is not None]
+        if given or args.fid_split is not None:
+            flag = given[0] if given else "fid_split"
+            raise UserError(f"--{flag} is a setting of --metric fid; here --metric={args.metric}")
+    settings = {key: value for key, value in settings.items() if value is not None}
+    if args.metric == "fid":  # a count too small for FID fails before any restore or sampling
+        from train.evaluators import fid as fid_evaluator
+        from train.metrics.fid import check_rank
+
+        configured = config.get("evals", {}).get("fid", {}).get("num_samples")
+        default = fid_evaluator.Evaluator.defaults["num_samples"]
+        check_rank(int(settings.get("num_samples") or configured or default))
     per_example: dict = {}
-    step, metrics = evaluate_run(config, workdir, args.step, per_example)
+    step, record = evaluate_run(config, workdir, args.step, per_example, names, settings)
     if args.scores:
         if not per_example:
             raise UserError(f"--scores: task {config.task!r} gives no per-example scores")
         import numpy as np
 
         np.savez(args.scores, **per_example)
-    print(json.dumps({"step": step, **metrics}))
-    return 0
-
-
-def _eval_fid(args: argparse.Namespace, config, workdir: Path) -> int:
-    from train.metrics.fid import FeatureExtractor, check_rank
-    from train.metrics.generated import DEFAULT_WEIGHTS, generated_image_scores
-    from train.trainer import restore_run
-
-    check_rank(args.num_samples)  # before any slow work
-    task, state, _, step = restore_run(config, workdir, args.step)
-    extractor = FeatureExtractor(args.fid_weights or DEFAULT_WEIGHTS)
-    scores = generated_image_scores(
-        task, state, args.num_samples, extractor, Path(args.fid_cache), args.fid_split
-    )
-    result = {"step": step, **scores}
-    (workdir / f"fid_step{step}_n{args.num_samples}.json").write_text(json.dumps(result) + "\n")
-    print(json.dumps(result))
+    print(json.dumps({"step": step, **record}))
     return 0
 
 
 def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    """Text from a text sampler (LMs, translation); a PNG grid from an image sampler (VAE,
+    GAN, diffusion)."""
     if args.temperature < 0:
         raise UserError(f"--temperature={args.temperature}: must be >= 0 (0 is greedy)")
     if not 0.0 < args.top_p <= 1.0:
@@ -142,24 +151,38 @@ def _sample(args: argparse.Namespace, spec: str | None, overrides: dict[str, str
         raise UserError(f"--top_k={args.top_k}: must be >= 0 (0 keeps every token)")
     import jax
 
+    from train.capabilities import ImageSampler, TextSampler, TextSampling, has, require
+    from train.data.splits import NONE
     from train.trainer import restore_run
 
     workdir = Path(args.workdir)
     config = _workdir_config(workdir, {"mesh.data": "1", "mesh.fsdp": "1", "mesh.tensor": "1"})
     # Sampling needs no sharding: one device works whatever mesh trained the run.
-    task, state, _, _ = restore_run(config, workdir, args.step, jax.devices()[:1], load_data=False)
-    if not hasattr(task, "generate"):
-        raise UserError(f"sample: task {task.config.task!r} does not generate text")
-    vocab = task.config.model.get("vocab_size", 0)
-    if vocab and args.top_k > vocab:
+    task, state, _, step = restore_run(config, workdir, args.step, jax.devices()[:1], NONE)
+    if has(task, ImageSampler) and not has(task, TextSampler):
+        return _sample_images(require(task, ImageSampler, "sample"), state, step, args, workdir)
+    sampler = require(task, TextSampler, "sample")
+    vocab = sampler.vocab_size()
+    if args.top_k > vocab:
         raise UserError(
             f"--top_k={args.top_k}: the vocabulary has {vocab} tokens; allowed: 0..{vocab}"
         )
     prompt = unescape(args.prompt)
-    text = task.generate(
-        state.params, prompt, args.num_tokens, args.seed, args.temperature, args.top_k, args.top_p
-    )
-    print(prompt + text)
+    settings = TextSampling(args.num_tokens, args.seed, args.temperature, args.top_k, args.top_p)
+    print(prompt + sampler.sample_text(state, prompt, settings))
+    return 0
+
+
+def _sample_images(task, state, step: int, args: argparse.Namespace, workdir: Path) -> int:
+    """`--num_images` samples drawn with `--seed`, as one PNG grid; its path is printed."""
+    import numpy as np
+
+    from train.pictures import save_grid
+
+    images = np.concatenate(list(task.sample_images(state, args.num_images, args.seed)))
+    default = workdir / "samples" / f"sample_step{step}_seed{args.seed}_n{args.num_images}.png"
+    path = save_grid(images, Path(args.out) if args.out else default, args.columns)
+    print(path)
     return 0
 
 
@@ -247,28 +270,26 @@ def _parser() -> _Parser:
     )
     evaluation.add_argument(
         "--metric",
-        choices=("task", "fid"),
         default="task",
-        help="task: the family's eval metrics; fid: FID/KID of samples",
+        help="an evaluator (heldout, fid, bleu, samples; train/evaluators/) or task: every "
+        "evaluator the run's config runs during training",
     )
     evaluation.add_argument(
         "--num_samples",
         type=int,
-        default=10_000,
-        help="fid: samples and reference images (>= 2049)",
+        default=None,
+        help="fid: samples and reference images (>= 2049; default evals.fid.num_samples)",
     )
     evaluation.add_argument(
         "--fid_weights",
-        default="",
+        default=None,
         help="folder of the FID Inception weights (.npz + layers.json); "
         "default ../shared/data/fid_inception_v3",
     )
     evaluation.add_argument(
-        "--fid_cache",
-        default=str(Path.home() / ".cache/genlab/fid"),
-        help="where reference statistics are cached",
+        "--fid_cache", default=None, help="where reference statistics are cached"
     )
-    evaluation.add_argument("--fid_split", default="test", help="reference split")
+    evaluation.add_argument("--fid_split", default=None, help="reference split (default test)")
     evaluation.add_argument(
         "--scores",
         default=None,
@@ -285,6 +306,11 @@ def _parser() -> _Parser:
     sample.add_argument("--top_k", type=int, default=0)
     sample.add_argument("--top_p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--num_images", type=int, default=64, help="image families: how many")
+    sample.add_argument("--columns", type=int, default=8, help="image families: grid width")
+    sample.add_argument(
+        "--out", default=None, help="image families: the PNG (default WORKDIR/samples/...)"
+    )
     sample.set_defaults(run=_sample)
 
     sweep = sub.add_parser("sweep", help="launch every run of a sweep file")
@@ -336,6 +362,8 @@ FLAG_MINIMUMS = {
     "step": 0,
     "num_samples": 1,
     "num_tokens": 1,
+    "num_images": 1,
+    "columns": 1,
     "parallel": 1,
     "devices_per_run": 0,
     "nodes": 1,

@@ -100,6 +100,9 @@ RULES: dict[str, Range | Choice] = {
     "data.vocab_size": NON_NEGATIVE,
     "data.val_fraction": Range(0, 1, open_low=True, open_high=True),
     "data.source": Choice(("text", "synthetic")),
+    "evals.*.every": Range(-1),  # -1: only on `genlab eval --metric NAME`
+    "evals.fid.num_samples": POSITIVE,
+    "evals.bleu.examples": Range(-1),  # -1: all
     "sample.num_tokens": POSITIVE,
     "sample.temperature": NON_NEGATIVE,
     "sample.top_k": NON_NEGATIVE,

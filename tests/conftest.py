@@ -174,3 +174,18 @@ def trained_lm(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("trained_lm")
     genlab(*train_args(workdir), check=True)
     return workdir
+
+
+def assert_sample_grid(workdir: Path, out: Path, image_size: int = 28) -> None:
+    """`genlab sample` on an image family's run writes its PNG grid: 6 images, 3 per row, each
+    pixel doubled, 2-pixel gaps (train/pictures.py), and prints the path."""
+    result = genlab(
+        "sample", "--workdir", str(workdir), "--num_images", "6", "--columns", "3",
+        "--out", str(out), check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == str(out)
+    from PIL import Image
+
+    cell = image_size + 2
+    with Image.open(out) as picture:
+        assert picture.size == ((3 * cell + 2) * 2, (2 * cell + 2) * 2)

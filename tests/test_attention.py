@@ -13,7 +13,7 @@ from conftest import lm_config, run_in_pieces, tiny_decoder_lm
 from models.layers import REMAT_POLICIES, MultiHeadAttention, resolve_attention_impl
 from models.transformer import DecoderLM, segment_mask
 from train.errors import UserError
-from train.tasks.lm import build_model
+from train.tasks.lm.task import build_model
 
 WIDTH, HEADS, LENGTH, BATCH = 16, 2, 8, 3
 PROMPT_THEN_ONE_BY_ONE = list(range(6, 16))  # decode a 16-token row as 6 tokens, then 1 by 1
@@ -193,9 +193,8 @@ def test_auto_resolves_to_cudnn_on_a_gpu_only_and_decoding_never_uses_cudnn():
 
 def test_bad_attention_settings_are_one_line_errors():
     config = lm_config(**{"model.attention_impl": "cudnn"})
-    config.model.vocab_size = 13
     with pytest.raises(UserError, match=r"attention_impl='cudnn' needs a GPU.*backend cpu"):
-        build_model(config.model, 16)
+        build_model(config.model, 16, 13)
     with pytest.raises(UserError, match=r"attention_impl='flash' is not allowed; allowed: one"):
         lm_config(**{"model.attention_impl": "flash"})
     with pytest.raises(UserError, match=r"model.remat='some' is not allowed; allowed: one of"):

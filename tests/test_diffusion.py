@@ -16,6 +16,7 @@ from conftest import (
     DIFFUSION_CONFIG,
     REPO,
     assert_checkpoints_equal,
+    assert_sample_grid,
     diffusion_config,
     genlab,
 )
@@ -23,11 +24,13 @@ from test_fid_eval import ProjectionFeatures
 
 from launch.config import load_config
 from models.dit import patchify, unpatchify
-from train import diffusion, partitioning
+from train import partitioning
+from train.data.splits import NONE
 from train.errors import UserError
 from train.logging import read_metrics
 from train.metrics.generated import generated_image_scores
 from train.tasks import build_task
+from train.tasks.diffusion import schedule as diffusion
 from train.trainer import place_state, restore_run, train
 
 ONE_DEVICE = {"mesh.data": "1"}
@@ -157,7 +160,7 @@ def test_patchify_round_trips_and_keeps_patches_whole():
 
 
 def test_ddpm_cifar10_config_has_the_papers_35_7m_parameters():
-    task = build_task(load_config(f"{REPO}/experiments/ddpm_cifar10.py:paper"), load_data=False)
+    task = build_task(load_config(f"{REPO}/experiments/ddpm_cifar10.py:paper"), splits=NONE)
     shapes = jax.eval_shape(
         lambda r: nn.meta.unbox(task.init_state(r).model.params), jax.random.key(0)
     )
@@ -169,7 +172,7 @@ def test_ddpm_cifar10_config_has_the_papers_35_7m_parameters():
 def test_denoisers_start_as_zero_and_keep_the_image_shape(arch):
     """Both denoisers' output layers start at zero (DDPM, adaLN-Zero), and labels matter."""
     task = build_task(
-        diffusion_config(**{"model.arch": arch, "model.num_classes": "10"}), load_data=False
+        diffusion_config(**{"model.arch": arch, "model.num_classes": "10"}), splits=NONE
     )
     x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
     t, labels = jnp.asarray([3, 40]), jnp.asarray([1, 10])
@@ -197,7 +200,8 @@ def test_loss_falls_and_the_bound_improves_from_an_untrained_model(trained):
     config, workdir = trained
     task, state, placement, step = restore_run(config, workdir, devices=jax.devices()[:1])
     assert step == 60
-    from train.trainer import evaluate, jit_eval_step
+    from train.evaluators.heldout import evaluate_batches as evaluate
+    from train.trainer import jit_eval_step
 
     untrained = state.replace(
         ema_params=nn.meta.unbox(task.init_state(jax.random.key(0))).ema_params
@@ -238,7 +242,7 @@ def test_resume_is_exact(tmp_path):
 
 def test_sampling_sharded_over_eight_devices_matches_one_device():
     config = diffusion_config()
-    task = build_task(config, load_data=False)
+    task = build_task(config, splits=NONE)
     draws = []
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = partitioning.make_mesh(config.mesh if len(devices) > 1 else ONE_MESH, devices)
@@ -280,7 +284,7 @@ def test_dit_v_prediction_and_guided_variants_train_and_sample(tmp_path, overrid
 )
 def test_bad_diffusion_settings_are_refused(overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        build_task(diffusion_config(**overrides), load_data=False)
+        build_task(diffusion_config(**overrides), splits=NONE)
 
 
 def test_bad_input_is_one_line_on_the_command_line(tmp_path):
@@ -299,3 +303,8 @@ def test_bad_input_is_one_line_on_the_command_line(tmp_path):
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_genlab_sample_writes_a_picture_grid(trained, tmp_path):
+    workdir = trained[1]
+    assert_sample_grid(workdir, tmp_path / "grid.png")

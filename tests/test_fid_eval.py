@@ -69,4 +69,5 @@ def test_fid_cli_needs_enough_samples_and_an_image_family(tmp_path, trained_lm):
     assert result.returncode == 2 and "too few samples" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     result = genlab("eval", "--workdir", str(trained_lm), "--metric", "fid")
-    assert result.returncode == 2 and "does not generate images" in result.stderr
+    assert result.returncode == 2 and "task 'lm' is not an image sampler" in result.stderr
+    assert "it is a text sampler, a sample writer" in result.stderr

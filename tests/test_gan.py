@@ -8,11 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import GAN_CONFIG, REPO, assert_checkpoints_equal, gan_config, genlab
+from conftest import (
+    GAN_CONFIG,
+    REPO,
+    assert_checkpoints_equal,
+    assert_sample_grid,
+    gan_config,
+    genlab,
+)
 from test_fid_eval import ProjectionFeatures
 
 from launch.config import load_config
 from models.gan import SPECTRAL, Discriminator, Generator, depth_to_space
+from train.data.splits import NONE
 from train.errors import UserError
 from train.logging import read_metrics
 from train.metrics import fid
@@ -194,7 +202,13 @@ def test_in_training_fid_is_logged_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(generated.fid, "FeatureExtractor", lambda weights: ProjectionFeatures())
     monkeypatch.setattr(generated, "DEFAULT_CACHE", tmp_path / "fid_cache")
     config = gan_config(
-        **{"train.steps": "2", "train.eval_every": "2", "eval.fid_samples": "300", **ONE_DEVICE}
+        **{
+            "train.steps": "2",
+            "train.eval_every": "2",
+            "evals.fid.every": "0",
+            "evals.fid.num_samples": "300",
+            **ONE_DEVICE,
+        }
     )
     metrics = train(config, tmp_path, devices=jax.devices()[:1])
     assert metrics["eval/fid"] > 0 and "eval/kid" in metrics
@@ -231,17 +245,22 @@ def test_bad_gan_settings_are_one_line_errors(tmp_path, override, message):
 
 def test_unsupported_image_size_is_refused():
     config = gan_config()
-    assert build_task(config, load_data=False).image_shape == (28, 28, 1)
+    assert build_task(config, splits=NONE).image_shape == (28, 28, 1)
     with pytest.raises(UserError, match="support 28x28 and 32x32"):
         build_models(config.model, (64, 64, 3))
 
 
 def test_cifar10_config_is_the_sngan_standard_cnn():
     config = load_config(f"{REPO}/experiments/gan_cifar10.py:sngan")
-    task = build_task(config, load_data=False)
+    task = build_task(config, splits=NONE)
     shapes = jax.eval_shape(lambda r: nn.meta.unbox(task.init_state(r)), jax.random.key(0))
     assert task.image_shape == (32, 32, 3) and config.data.random_flip
     g = shapes.generator.params
     assert g["project"]["kernel"].shape == (128, 4 * 4 * 512)
     assert [g[f"up_{i}"]["conv"]["kernel"].shape[-1] for i in range(3)] == [256, 128, 64]
     assert shapes.discriminator.params["conv_out"]["kernel"].shape[-1] == 512
+
+
+def test_genlab_sample_writes_a_picture_grid(trained, tmp_path):
+    workdir = trained[1]
+    assert_sample_grid(workdir, tmp_path / "grid.png")

@@ -12,7 +12,7 @@ from conftest import assert_close, run_in_pieces
 
 from models.rnn import LSTMLM
 from train import partitioning
-from train.tasks.lm import generate_ids_recurrent
+from train.tasks.lm.sampling import generate_ids_recurrent
 
 
 def _model(**overrides) -> LSTMLM:

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_decoder_lm
 
 from models.transformer import DecoderLM
-from train.decoding import filter_logits, sample_tokens
+from train.tasks.lm.sampling import filter_logits, sample_tokens
 
 
 def _model(pos_encoding: str, tie: bool = True) -> DecoderLM:

@@ -69,7 +69,8 @@ def test_bad_settings_are_one_line_errors(capsys, tmp_path, argument, words):
         (["train", "--workdir", "w", "--num_processes", "-1"], "--num_processes=-1"),
         (["eval", "--workdir", "w", "--step", "-3"], "--step=-3 is not allowed"),
         (["sample", "--workdir", "w", "--num_tokens", "0"], "--num_tokens=0 is not allowed"),
-        (["eval", "--workdir", "w", "--metric", "bleu"], "invalid choice: 'bleu'"),
+        (["eval", "--workdir", "w", "--metric", "blue"], "--metric=blue: unknown evaluator"),
+        (["eval", "--workdir", "w", "--num_samples", "9"], "--num_samples is a setting of"),
     ],
 )
 def test_bad_flags_are_one_line_errors(capsys, argv, words):

@@ -27,12 +27,17 @@ from launch.config import apply_overrides, read_config
 from models.transformer import EncoderDecoder
 from train.data import translation
 from train.data.tokenizers import load_tokenizer
-from train.decoding import beam_search, greedy_search, length_penalty
 from train.errors import UserError
 from train.logging import read_metrics
 from train.metrics.bleu import corpus_bleu
 from train.optim import inverse_sqrt_schedule
-from train.tasks.seq2seq import Task, decode_sources, smoothed_cross_entropy, start_decoding
+from train.tasks import build_task
+from train.tasks.seq2seq.search import beam_search, greedy_search, length_penalty
+from train.tasks.seq2seq.task import (
+    decode_sources,
+    smoothed_cross_entropy,
+    start_decoding,
+)
 from train.trainer import evaluate_run, train
 
 PAD, BOS, EOS = 0, 1, 2
@@ -387,7 +392,7 @@ def test_eval_reports_bleu_and_sample_translates(trained):
         config,
         {
             "data.eval_split": "test_2016_flickr",
-            "eval.bleu_examples": "4",
+            "evals.bleu.examples": "4",
             "eval.beam_size": "1",
             "mesh.data": "-1",  # trained on one device; evaluated data-parallel on all
         },
@@ -404,14 +409,14 @@ def test_init_from_reuses_the_source_tokenizer(trained, tmp_path):
     source, _ = trained
     # A refit on these 50 pairs would give another vocabulary.
     small = {"data.train_examples": "50", "data.eval_examples": "4", "init_from": str(source)}
-    task = Task(seq2seq_config(**small), tmp_path)
+    task = build_task(seq2seq_config(**small), tmp_path)
     assert task.tokenizer.to_json() == load_tokenizer(source).to_json()
     with pytest.raises(UserError, match=r"data\.vocab_size=300 but init_from=.* 400 entries"):
-        Task(seq2seq_config(**small, **{"data.vocab_size": "300"}), tmp_path)
+        build_task(seq2seq_config(**small, **{"data.vocab_size": "300"}), tmp_path)
 
 
 def test_resume_is_exact(tmp_path):
-    steps = {"train.checkpoint_every": "5", "train.eval_every": "100", "eval.bleu_examples": "0"}
+    steps = {"train.checkpoint_every": "5", "train.eval_every": "100", "evals.bleu.examples": "0"}
     steps["model.dropout"] = "0.1"  # each step's dropout key must be the same after resuming
     one = jax.devices()[:1]
     train(seq2seq_config(**steps, **{"train.steps": "10"}), tmp_path / "straight", one)
@@ -462,7 +467,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path):
 def test_bad_settings_are_one_line_user_errors(overrides, message):
     small = {"data.train_examples": "50", "data.eval_examples": "4"}
     with pytest.raises(UserError, match=message) as caught:
-        Task(seq2seq_config(**small, **overrides), None)
+        build_task(seq2seq_config(**small, **overrides))
     assert "\n" not in str(caught.value)
 
 
@@ -487,7 +492,7 @@ def test_compare_shows_the_wmt14_reference_for_runs_evaluated_on_its_split():
 
 def test_wmt14_config_is_transformer_base():
     from launch.config import load_config
-    from train.tasks.seq2seq import build_model
+    from train.tasks.seq2seq.task import build_model
 
     config = load_config(f"{REPO}/experiments/translate_wmt14.py:base")
     assert config.data.eval_split == "test"  # newstest2014, as the paper's table
@@ -503,9 +508,7 @@ def test_wmt14_config_is_transformer_base():
         1e-9,
     )
     assert o.lr == pytest.approx(512**-0.5 * 4000**-0.5)
-    with config.unlocked():
-        m.vocab_size = 37_000
-    model = build_model(m, config.data.max_len, 0)
+    model = build_model(m, config.data.max_len, 0, 37_000)
     tokens = jnp.ones((1, 8), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens)["params"])
     count = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))

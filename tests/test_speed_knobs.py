@@ -14,7 +14,7 @@ from conftest import REPO, genlab, lm_config
 from launch.config import apply_overrides, load_config
 from train.errors import UserError
 from train.optim import make_optimizer
-from train.tasks.lm import Task
+from train.tasks import build_task
 from train.trainer import train
 
 GPT2_CONFIG = REPO / "experiments" / "gpt2_synthetic.py"
@@ -28,7 +28,7 @@ def _synthetic(**overrides: str):
 
 def test_gpt2_124m_has_gpt2_smalls_parameter_count():
     config = load_config(f"{GPT2_CONFIG}:124m")
-    task = Task(config)
+    task = build_task(config)
     shapes = jax.eval_shape(task.init_state, jax.random.key(0)).params
     count = sum(math.prod(x.value.shape) for x in jax.tree.leaves(
         shapes, is_leaf=lambda x: hasattr(x, "value")))  # fmt: skip
@@ -41,7 +41,7 @@ def test_synthetic_tokens_train_without_text_or_tokenizer(tmp_path):
     assert abs(metrics["train/loss"] - math.log(96)) < 0.5  # random tokens: about log(vocab)
     assert metrics["perf/tokens_per_s"] > 0
     assert not (tmp_path / "tokenizer.json").exists()
-    batch = Task(_synthetic()).train_batch(3)
+    batch = build_task(_synthetic()).train_batch(3)
     assert (
         batch["inputs"].shape == (8, 32)
         and 0 <= batch["inputs"].min() <= batch["inputs"].max() < 96
@@ -50,9 +50,9 @@ def test_synthetic_tokens_train_without_text_or_tokenizer(tmp_path):
 
 def test_synthetic_tokens_need_a_vocabulary_and_cannot_be_sampled(tmp_path):
     with pytest.raises(UserError, match=r"data.vocab_size=0: data.source=synthetic needs"):
-        Task(_synthetic(**{"data.vocab_size": "0"}))
+        build_task(_synthetic(**{"data.vocab_size": "0"}))
     with pytest.raises(UserError, match=r"data.source='words' is not allowed"):
-        Task(_synthetic(**{"data.source": "words"}))
+        build_task(_synthetic(**{"data.source": "words"}))
     workdir = tmp_path / "run"
     genlab("train", "--config", f"{GPT2_CONFIG}:test", "--workdir", str(workdir), check=True)
     result = genlab("sample", "--workdir", str(workdir), "--prompt", "a")

@@ -15,7 +15,7 @@ from models.ssm import SSMLM, SelectiveSSM, selective_scan, selective_step
 from train import partitioning
 from train.errors import UserError
 from train.optim import make_optimizer
-from train.tasks.lm import generate_ids_recurrent
+from train.tasks.lm.sampling import generate_ids_recurrent
 
 
 def _model(**overrides) -> SSMLM:

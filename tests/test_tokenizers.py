@@ -111,7 +111,7 @@ def test_bad_tokenizer_settings_are_user_errors(tmp_path):
 
 
 def test_language_model_trains_with_bpe_fitted_on_the_training_text_only(tmp_path):
-    from train.tasks.lm import Task
+    from train.tasks import build_task
     from train.trainer import train
 
     text = SHAKESPEARE.read_text()[:100_000]
@@ -121,18 +121,22 @@ def test_language_model_trains_with_bpe_fitted_on_the_training_text_only(tmp_pat
     schedule = {"train.steps": "30", "optim.lr": "1e-2", "optim.decay_steps": "30"}
     config = lm_config(**overrides, **schedule, **{"data.path": str(corpus)})
     config.train.update(eval_every=30, log_every=10)
-    task = Task(config, None)
+    task = build_task(config)
     train_text, val_text = text[:90_000], text[90_000:]  # data.val_fraction=0.1
     assert task.tokenizer.to_json() == fit_tokenizer("bpe", train_text, 320).to_json()
     assert task.tokenizer.to_json() != fit_tokenizer("bpe", text, 320).to_json()
-    assert task.tokens_per_char == len(task.tokenizer.encode(val_text)) / len(val_text) < 0.8
+    assert task.data.tokens_per_char == len(task.tokenizer.encode(val_text)) / len(val_text) < 0.8
 
     metrics = train(config, tmp_path / "run", devices=jax.devices()[:1])
     tokenizer = load_tokenizer(tmp_path / "run")
-    assert tokenizer.kind == "bpe" and config.model.vocab_size == tokenizer.vocab_size == 320
+    assert tokenizer.kind == "bpe" and tokenizer.vocab_size == 320
+    # The config stays as configured; the size the data gave is recorded beside it.
+    assert config.model.vocab_size == 0
+    derived = json.loads((tmp_path / "run" / "metadata.json").read_text())["derived"]
+    assert derived == {"model.vocab_size": 320}
     assert tokenizer.decode(tokenizer.encode(text[:2000])) == text[:2000]
     assert metrics["eval/loss"] < math.log(320) - 1.0  # learnt something
     # Bits per character, not per token: comparable with a char-level model's.
     bits_per_token = metrics["eval/loss"] / math.log(2)
-    assert metrics["eval/bpc"] == pytest.approx(bits_per_token * task.tokens_per_char)
+    assert metrics["eval/bpc"] == pytest.approx(bits_per_token * task.data.tokens_per_char)
     assert metrics["eval/bpc"] < bits_per_token

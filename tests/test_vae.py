@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DATA, VAE_CONFIG, assert_checkpoints_equal, genlab, vae_config
+from conftest import (
+    DATA,
+    VAE_CONFIG,
+    assert_checkpoints_equal,
+    assert_sample_grid,
+    genlab,
+    vae_config,
+)
 
 from models.vae import VAE, gaussian_log_prob, kl_to_standard_normal
 from train.data import images as image_data
@@ -42,7 +49,7 @@ def briefly_trained(tmp_path_factory):
 
 def test_iwae_with_one_sample_is_the_elbo_and_grows_with_k(briefly_trained):
     task, params, _ = briefly_trained
-    x = jnp.asarray(task._prepare(task.eval_images[:100], 0, 0))
+    x = jnp.asarray(task._prepare(task.data.eval_images[:100], 0, 0))
     rng = jax.random.key(1)
     terms = task.model.apply({"params": params}, x, rng, 1)
     elbo_same_sample = terms["log_px_z"][0] + terms["log_pz"][0] - terms["log_qz"][0]
@@ -168,3 +175,8 @@ def test_bad_data_errors_are_one_line(tmp_path):
         f"--config.data.path={wrong}",
     )
     assert result.returncode == 2 and "expected 784" in result.stderr
+
+
+def test_genlab_sample_writes_a_picture_grid(briefly_trained, tmp_path):
+    workdir = briefly_trained[2]
+    assert_sample_grid(workdir, tmp_path / "grid.png")

@@ -93,5 +93,8 @@ def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
     path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_metadata(workdir: Path, argv: list[str]) -> None:
-    (workdir / "metadata.json").write_text(json.dumps(collect(argv), indent=2) + "\n")
+def write_metadata(workdir: Path, argv: list[str], derived: dict[str, Any] | None = None) -> None:
+    """The run's provenance, and the settings it derived from its data (e.g. the vocabulary
+    size), which the config keeps as configured."""
+    record = {**collect(argv), "derived": derived or {}}
+    (workdir / "metadata.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -6,8 +6,10 @@ data-parallel, FSDP and tensor-parallel runs differ only in `config.mesh`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
@@ -133,3 +135,18 @@ def check_batch_divides(batch_size: int, mesh: Mesh, grad_accum: int = 1) -> Non
             f"{ways} (mesh data x fsdp) times train.grad_accum={grad_accum}, "
             f"and by the {jax.process_count()} processes"
         )
+
+
+@dataclass
+class Placement:
+    """Where the state and batches live: the mesh, state shardings and batch shardings."""
+
+    mesh: jax.sharding.Mesh
+    state: Any
+    batch: dict[str, jax.sharding.NamedSharding]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The mesh and logical-axis rules that model code traces under."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(LOGICAL_RULES):
+            yield

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +14,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from train import partitioning
+from train import evaluators, partitioning
 from train.checkpoint import Checkpoints, abstract_with_shardings
+from train.data.splits import EVALUATION, Splits
 from train.errors import UserError
 from train.logging import MetricWriter, Progress
 from train.metadata import CONFIG_FILE, save_config, write_metadata
+from train.partitioning import Placement
 from train.perf import peak_flops_per_device
 from train.tasks import build_task
 from train.tasks.base import Task
@@ -36,21 +35,6 @@ class Stopped(Exception):
         super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved")
         self.signum = signum
         self.step = step
-
-
-@dataclass
-class Placement:
-    """Where the state and batches live: the mesh, state shardings and batch shardings."""
-
-    mesh: jax.sharding.Mesh
-    state: Any
-    batch: dict[str, jax.sharding.NamedSharding]
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """The mesh and logical-axis rules that model code traces under."""
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.LOGICAL_RULES):
-            yield
 
 
 def place_state(
@@ -75,39 +59,6 @@ def place_state(
     return init(rng), placement, 0
 
 
-def evaluate(
-    task: Task,
-    state: Any,
-    eval_step: Any,
-    placement: Placement,
-    per_example: dict[str, np.ndarray] | None = None,
-) -> dict[str, float]:
-    """Sum the task's eval statistics over its eval batches and summarise them.
-
-    Entries named `per_example/...` are concatenated across batches instead of summed (and
-    copied into `per_example` when given, e.g. for anomaly scores).
-    """
-    totals: dict[str, Any] = {}
-    for local in task.eval_batches():
-        sums = jax.device_get(eval_step(state, partitioning.global_batch(local, placement.batch)))
-        for key, value in sums.items():
-            if key.startswith("per_example/"):
-                totals.setdefault(key, []).append(np.asarray(value))
-            else:
-                totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64)
-    for key, value in totals.items():
-        if key.startswith("per_example/"):
-            totals[key] = np.concatenate(value)
-    if per_example is not None:  # without the padding rows (weight 0) of a last partial batch
-        real = totals.get("per_example/weight")
-        for key, value in totals.items():
-            if key.startswith("per_example/") and key != "per_example/weight":
-                per_example[key.removeprefix("per_example/")] = (
-                    value if real is None else value[real > 0]
-                )
-    return task.summarize_eval(totals)
-
-
 def jit_eval_step(task: Task, placement: Placement) -> Any:
     return jax.jit(
         task.eval_step,
@@ -121,10 +72,23 @@ def restore_run(
     workdir: Path,
     step: int | None = None,
     devices: list[jax.Device] | None = None,
-    load_data: bool = True,
+    splits: Splits = EVALUATION,
 ) -> tuple[Task, Any, Placement, int]:
-    """A workdir's task and its state restored from checkpoint `step` (default newest)."""
-    task = build_task(config, workdir=workdir, load_data=load_data)
+    """A workdir's task (with the data of `splits`) and its state restored from checkpoint
+    `step` (default newest)."""
+    task = build_task(config, workdir=workdir, splits=splits)
+    state, placement, restored = restore_state(task, config, workdir, step, devices)
+    return task, state, placement, restored
+
+
+def restore_state(
+    task: Task,
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    step: int | None = None,
+    devices: list[jax.Device] | None = None,
+) -> tuple[Any, Placement, int]:
+    """The state of checkpoint `step` (default newest) of a workdir, placed on this mesh."""
     checkpoints = Checkpoints(workdir, read_only=True)
     steps = checkpoints.all_steps()
     if not steps:
@@ -132,8 +96,17 @@ def restore_run(
     if step is not None and step not in steps:
         raise UserError(f"--step {step}: no such checkpoint; available: {sorted(steps)}")
     mesh = partitioning.make_mesh(config.mesh, devices)
-    state, placement, restored = place_state(task, mesh, config.seed, checkpoints, step)
-    return task, state, placement, restored
+    return place_state(task, mesh, config.seed, checkpoints, step)
+
+
+def default_eval_names(config: ml_collections.ConfigDict) -> list[str]:
+    """What `genlab eval` runs when no evaluator is named: every configured one that runs
+    during training, except the samples (`genlab sample` draws those)."""
+    return [
+        name
+        for name, settings in evaluators.configured(config).items()
+        if settings.get("every", 0) >= 0 and name != "samples"
+    ]
 
 
 def evaluate_run(
@@ -141,12 +114,26 @@ def evaluate_run(
     workdir: Path,
     step: int | None = None,
     per_example: dict[str, np.ndarray] | None = None,
-) -> tuple[int, dict[str, float]]:
-    """Evaluate a workdir's checkpoint with the task's eval metrics."""
-    task, state, placement, step = restore_run(config, workdir, step)
-    with placement.active():
-        metrics = evaluate(task, state, jit_eval_step(task, placement), placement, per_example)
-    return step, {**metrics, **task.evaluate_state(state)}
+    names: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Run evaluators `names` (default `default_eval_names`) on a workdir's checkpoint; return
+    its step and their records (metrics and what they depend on)."""
+    names = default_eval_names(config) if names is None else names
+    task = build_task(config, workdir=workdir, splits=EVALUATION)
+    chosen = evaluators.build(config, task, names, overrides)  # checked before the restore
+    state, placement, step = restore_state(task, config, workdir, step)
+    context = evaluators.EvalContext(
+        step, workdir, placement, jit_eval_step(task, placement), is_lead(), per_example
+    )
+    record: dict[str, Any] = {}
+    for evaluator in chosen:
+        record.update(evaluator.run(task, state, context).record)
+    return step, record
+
+
+def is_lead() -> bool:
+    return jax.process_index() == 0
 
 
 class SignalFlag:
@@ -194,6 +181,7 @@ class Trainer:
         config = self.config
         check_same_run(config, self.workdir)
         self.task = build_task(config, workdir=self.workdir)
+        self.evaluators = evaluators.build(config, self.task)
         self.mesh = partitioning.make_mesh(config.mesh, devices)
         partitioning.check_batch_divides(
             config.train.batch_size, self.mesh, config.train.grad_accum
@@ -228,7 +216,7 @@ class Trainer:
             raise
         if self.is_lead:  # the run starts: only now does its record change
             save_config(self.config, self.workdir / CONFIG_FILE)
-            write_metadata(self.workdir, sys.argv)
+            write_metadata(self.workdir, sys.argv, self.task.derived_settings())
             self.task.save_assets(self.workdir)
         writer = MetricWriter(self.workdir, enabled=self.is_lead, resumed_at=start)
         progress = Progress(
@@ -329,17 +317,21 @@ class Trainer:
                 first_step_done, tick = True, time.perf_counter()
 
             final = step == t.steps or stop.signum is not None
-            evaluating = step % t.eval_every == 0 or (final and stop.signum is None)
+            due = [
+                e for e in self.evaluators if e.due(step, t.eval_every, final and not stop.signum)
+            ]
+            evaluating = bool(due)
             saving = step % t.checkpoint_every == 0 or final
             if step % t.log_every == 0 or final or evaluating or saving:
                 summary = flush()
-                if evaluating:
-                    with placement.active():
-                        summary.update(evaluate(task, state, eval_step, placement))
-                    summary.update(task.evaluate_state(state))
-                    text = task.write_samples(state, step, self.workdir)  # every process
-                    if text is not None:
-                        writer.write_text(step, "samples", text)
+                context = evaluators.EvalContext(
+                    step, self.workdir, placement, eval_step, self.is_lead
+                )
+                for evaluator in due:  # every process: sharded state needs all of them
+                    result = evaluator.run(task, state, context)
+                    summary.update(result.metrics)
+                    if result.text is not None:
+                        writer.write_text(step, evaluator.name, result.text)
                 writer.write(step, summary)
                 progress.update(step - progress.bar.n, summary)
                 if evaluating:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import ml_collections
 import numpy as np
 
+from train.data.splits import EVAL, TRAIN, Splits, loaded
 from train.errors import UserError
 
 # name -> (hub id for online users, local files per split)
@@ -152,6 +154,55 @@ class ImageStream:
         rows = np.array([order[e][o] for e, o in zip(epochs, offsets, strict=True)])
         share = batch_size // process_count
         return rows[process_index * share : (process_index + 1) * share]
+
+
+@dataclass
+class ImageData:
+    """An image family's data: the training stream and the eval images, each present only when
+    the caller asked for its split (see `train/data/splits.py`)."""
+
+    name: str
+    train: ImageStream | None = None
+    eval_images: np.ndarray | None = None
+    eval_labels: np.ndarray | None = None
+
+    def train_stream(self) -> ImageStream:
+        return loaded(self.train, TRAIN, f"data.name={self.name!r}")
+
+    def eval_split(self) -> tuple[np.ndarray, np.ndarray]:
+        images = loaded(self.eval_images, EVAL, f"data.name={self.name!r}")
+        assert self.eval_labels is not None
+        return images, self.eval_labels
+
+
+def load_image_data(
+    d: ml_collections.ConfigDict,
+    splits: Splits,
+    eval_split: str = "test",
+    holdout_class: int = -1,
+) -> ImageData:
+    """The splits asked for of `data.name`: training images (without `holdout_class`) and the
+    first `data.eval_examples` (> 0; else all) images of `eval_split`."""
+    data = ImageData(d.name)
+    if TRAIN in splits:
+        images, labels = without_class(*load_split(d.name, d.path, "train"), holdout_class)
+        data.train = ImageStream(images, labels)
+    if EVAL in splits:
+        images, labels = load_split(d.name, d.path, eval_split)
+        count = d.get("eval_examples", 0)
+        data.eval_images, data.eval_labels = (
+            (images[:count], labels[:count]) if count > 0 else (images, labels)
+        )
+    return data
+
+
+def check_num_classes(data: ImageData, num_classes: int) -> None:
+    """A class-conditional model must have an embedding row for every training label."""
+    if num_classes and data.train is not None and data.train.labels.max() >= num_classes:
+        raise UserError(
+            f"model.num_classes={num_classes} but {data.name} has labels up to "
+            f"{data.train.labels.max()}; allowed: 0 (unconditional) or more than the largest label"
+        )
 
 
 def without_class(

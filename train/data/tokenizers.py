@@ -212,3 +212,12 @@ def load_tokenizer(directory: Path, setting: str = "") -> Tokenizer:
     raise UserError(
         f"{path}: unknown tokenizer kind {kind!r}; allowed: {', '.join(TOKENIZER_KINDS)}"
     )
+
+
+def check_vocab_size(configured: int, data: int) -> None:
+    """`model.vocab_size` is 0 (take the tokenizer's) or the tokenizer's own size."""
+    if configured and configured != data:
+        raise UserError(
+            f"model.vocab_size={configured} but the tokenizer has {data} entries; "
+            f"allowed: 0 (the tokenizer's) or {data}"
+        )

@@ -1,19 +1,20 @@
 """FID and KID of a run's generated images against a dataset split (any image family).
 
-The task supplies the images (`Task.sample_images`, `Task.reference_images`); the features come
-from `train/metrics/fid.py`. Every score is returned with what it depends on: sample count,
-reference split, resize filter and input type (clean-fid's list of what changes FID).
+The task supplies the images through its declared capabilities (`ImageSampler`,
+`ReferenceImages` in train/capabilities.py); the features come from `train/metrics/fid.py`. Every
+score is returned with what it depends on: sample count, reference split, resize filter and input
+type (clean-fid's list of what changes FID).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from train.capabilities import ImageSampler, ReferenceImages
 from train.metrics import fid
-from train.tasks.base import Task
 
 DEFAULT_CACHE = Path.home() / ".cache" / "genlab" / "fid"
 # ../shared/data beside the checkout, where the project keeps its data.
@@ -26,8 +27,12 @@ def kid_features_path(cache_dir: Path, name: str, split: str, count: int, finger
     return fid.statistics_cache_path(cache_dir, name, f"{split}-kid-features", count, fingerprint)
 
 
+class ImageTask(ImageSampler, ReferenceImages, Protocol):
+    """A task that both samples images and has the dataset's images (the FID evaluator's need)."""
+
+
 def generated_image_scores(
-    task: Task,
+    task: ImageTask,
     state: Any,
     num_samples: int,
     extractor: Any,
@@ -38,7 +43,7 @@ def generated_image_scores(
     """FID and KID of `num_samples` model samples against the first `num_samples` images of
     the dataset's `split`."""
     fid.check_rank(num_samples, extractor.feature_dim)
-    name = task.config.data.name
+    name = task.dataset_name()
     fake = fid.RunningStatistics(extractor.feature_dim)
     fake_features = []
     for features in extractor.batches(task.sample_images(state, num_samples, seed)):
@@ -73,20 +78,3 @@ def generated_image_scores(
         "fid/weights_sha256": fid.WEIGHTS_SHA256[:12],
         **{f"fid/{key}": value for key, value in task.sampling_settings().items()},
     }
-
-
-class SampleQuality:
-    """FID and KID of a task's samples during training (`config.eval.fid_samples` > 0), with the
-    Inception weights loaded once, on first use."""
-
-    def __init__(self, weights_dir: str | Path = "", cache_dir: Path | None = None) -> None:
-        self.weights_dir = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS
-        self.cache_dir = cache_dir
-        self._extractor: fid.FeatureExtractor | None = None
-
-    def __call__(self, task: Task, state: Any, num_samples: int) -> dict[str, float]:
-        if self._extractor is None:
-            self._extractor = fid.FeatureExtractor(self.weights_dir)
-        cache = self.cache_dir or DEFAULT_CACHE  # read at call time, so tests can redirect it
-        scores = generated_image_scores(task, state, num_samples, self._extractor, cache)
-        return {k: float(v) for k, v in scores.items() if k.startswith("eval/")}

@@ -1,13 +1,15 @@
-"""Tasks: one file per model family, each defining `Task`. Found by name, so adding a family
-touches no other family's files."""
+"""Tasks: one module or package per model family, each defining `Task`. Found by name, so adding
+a family touches no other family's files."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import ml_collections
 
+from train.data.splits import TRAINING, Splits
 from train.errors import UserError
 from train.tasks.base import Task
 
@@ -22,5 +24,9 @@ def get_task_class(name: str) -> type[Task]:
     return importlib.import_module(f"train.tasks.{name}").Task
 
 
-def build_task(config: ml_collections.ConfigDict, **kwargs) -> Task:
-    return get_task_class(config.task)(config, **kwargs)
+def build_task(
+    config: ml_collections.ConfigDict, workdir: Path | None = None, splits: Splits = TRAINING
+) -> Task:
+    """The configured task, handed the data of `splits` that its family's data module loads."""
+    cls = get_task_class(config.task)
+    return cls(config, cls.load_data(config, workdir, splits), workdir)

@@ -11,26 +11,38 @@ import jax
 import ml_collections
 import numpy as np
 
-from train.errors import UserError
+from train.capabilities import ReferenceImages
+from train.data import images
+from train.data.splits import Splits
 
 Batch = dict[str, Any]
 
 
 class Task(abc.ABC):
-    """A model family's loss, steps, data and evaluation, behind one interface.
+    """A model family's loss, steps and held-out evaluation, behind one interface.
 
     Steps are pure functions of (state, batch) so the trainer can jit, shard and donate them.
-    Batches returned by `train_batch`/`eval_batches` are this process's rows only.
+    Batches returned by `train_batch`/`eval_batches` are this process's rows only. The task is
+    handed its data (`load_data`, called by `train.tasks.build_task` with the splits the command
+    needs) and never writes into its config: what it derives from the data (e.g. the vocabulary
+    size) it reports through `derived_settings`. What else it can do (sample text or images,
+    translate, ...) it declares as base classes from `train/capabilities.py`.
     """
 
     #: logical axis names of each batch entry, e.g. {"inputs": ("batch", "length")}
     batch_axes: ClassVar[dict[str, tuple[str | None, ...]]]
 
-    def __init__(
-        self, config: ml_collections.ConfigDict, workdir: Path | None = None, load_data: bool = True
-    ):
+    def __init__(self, config: ml_collections.ConfigDict, data: Any, workdir: Path | None = None):
         self.config = config
+        self.data = data
         self.workdir = workdir
+
+    @classmethod
+    @abc.abstractmethod
+    def load_data(
+        cls, config: ml_collections.ConfigDict, workdir: Path | None, splits: Splits
+    ) -> Any:
+        """The family's data for `splits` (see `train/data/splits.py`), from its data module."""
 
     @abc.abstractmethod
     def init_state(self, rng: jax.Array) -> Any:
@@ -59,31 +71,10 @@ class Task(abc.ABC):
     def save_assets(self, workdir: Path) -> None:  # noqa: B027 (optional hook)
         """Write what a workdir needs besides config and checkpoints (e.g. the tokenizer)."""
 
-    def write_samples(self, state: Any, step: int, workdir: Path) -> str | None:
-        """Draw samples and (on process 0 only) write them into `workdir/samples`.
-
-        Called on every process, since drawing from sharded parameters needs all of them.
-        Returns text worth logging, if any.
-        """
-        return None
-
-    def evaluate_state(self, state: Any) -> dict[str, float]:
-        """Metrics of the state itself rather than of eval batches (e.g. FID of samples), added
-        to the eval metrics at every eval. Called on every process."""
+    def derived_settings(self) -> dict[str, Any]:
+        """Settings derived from the data rather than configured (e.g. the vocabulary size),
+        recorded in the workdir's metadata.json."""
         return {}
-
-    def sample_images(self, state: Any, count: int, seed: int) -> Iterator[np.ndarray]:
-        """Image families: `count` model samples as [0, 1] arrays (N, H, W, C), in chunks."""
-        raise UserError(f"task {self.config.task!r} does not generate images (no FID for it)")
-
-    def sampling_settings(self) -> dict[str, Any]:
-        """Image families: how `sample_images` draws (e.g. sampler and steps), recorded with
-        every FID score."""
-        return {}
-
-    def reference_images(self, split: str) -> np.ndarray:
-        """Image families: the dataset split's images as [0, 1] floats (N, H, W, C)."""
-        raise UserError(f"task {self.config.task!r} has no reference images")
 
     def examples_per_step(self) -> tuple[str, float]:
         """The unit of throughput and how many of them one step processes (e.g. tokens)."""
@@ -94,28 +85,17 @@ class Task(abc.ABC):
         return None
 
 
-class ImageTask(Task):
-    """What the image families share: throughput in images, the dataset's images as the FID
-    reference, and FID/KID of `eval.fid_samples` samples at every eval when asked for."""
-
-    _quality: Any = None  # the FID Inception, loaded on first use
+class ImageTask(Task, ReferenceImages):
+    """What the image families share: throughput in images and the dataset's images as the FID
+    reference."""
 
     def examples_per_step(self) -> tuple[str, float]:
         return "images", float(self.config.train.batch_size)
 
-    def reference_images(self, split: str) -> np.ndarray:
-        from train.data import images
+    def dataset_name(self) -> str:
+        return self.config.data.name
 
+    def reference_images(self, split: str) -> np.ndarray:
         d = self.config.data
         pixels, _ = images.load_split(d.name, d.path, split)
         return images.scale(pixels, "unit")
-
-    def evaluate_state(self, state: Any) -> dict[str, float]:
-        count = self.config.eval.get("fid_samples", 0)
-        if count <= 0:
-            return {}
-        if self._quality is None:
-            from train.metrics.generated import SampleQuality  # it imports this module
-
-            self._quality = SampleQuality(self.config.eval.get("fid_weights", ""))
-        return self._quality(self, state, count)

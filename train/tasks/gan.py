@@ -22,7 +22,10 @@ import optax
 from flax import struct
 
 from models.gan import D_NORMS, SPECTRAL, UPSAMPLING, Discriminator, Generator
+from train.capabilities import ImageSampler, SampleWriter
 from train.data import images as image_data
+from train.data.images import ImageData
+from train.data.splits import Splits
 from train.errors import UserError
 from train.optim import make_optimizer
 from train.pictures import save_grid
@@ -84,21 +87,17 @@ def build_models(
     return generator, discriminator
 
 
-class Task(base.ImageTask):
+class Task(base.ImageTask, ImageSampler, SampleWriter):
     batch_axes: ClassVar = {
         "image": ("batch", None, None, None, None),  # (batch, n_critic, H, W, C)
         "label": ("batch", None),
     }
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: Path | None = None, load_data: bool = True
+        self, config: ml_collections.ConfigDict, data: ImageData, workdir: Path | None = None
     ):
-        super().__init__(config, workdir, load_data)
+        super().__init__(config, data, workdir)
         d, c = config.data, config.model
-        if d.name not in image_data.DATASETS:
-            raise UserError(
-                f"data.name={d.name!r} is unknown; allowed: {', '.join(image_data.DATASETS)}"
-            )
         if config.loss.name not in LOSSES:
             raise UserError(
                 f"loss.name={config.loss.name!r} is unknown; allowed: {', '.join(LOSSES)}"
@@ -114,18 +113,19 @@ class Task(base.ImageTask):
         self.generator, self.discriminator = build_models(c, self.image_shape)
         self.g_tx = make_optimizer(config.optim_g)
         self.d_tx = make_optimizer(config.optim_d)
-        self._generate_jit = jax.jit(self.generate)
-        if load_data:
-            images, labels = image_data.load_split(d.name, d.path, "train")
-            self.train_stream = image_data.ImageStream(images, labels)
-            self.eval_images, self.eval_labels = image_data.load_split(d.name, d.path, "test")
-            self.eval_images = self.eval_images[: d.eval_examples]
-            self.eval_labels = self.eval_labels[: d.eval_examples]
-            if c.num_classes and labels.max() >= c.num_classes:
-                raise UserError(
-                    f"model.num_classes={c.num_classes} but {d.name} has labels up to "
-                    f"{labels.max()}; allowed: 0 (unconditional) or more than the largest label"
-                )
+        self._generate_jit = jax.jit(self.generate_images)
+        image_data.check_num_classes(data, c.num_classes)
+
+    @classmethod
+    def load_data(
+        cls, config: ml_collections.ConfigDict, workdir: Path | None, splits: Splits
+    ) -> ImageData:
+        name = config.data.name
+        if name not in image_data.DATASETS:
+            raise UserError(
+                f"data.name={name!r} is unknown; allowed: {', '.join(image_data.DATASETS)}"
+            )
+        return image_data.load_image_data(config.data, splits)
 
     # -- data ------------------------------------------------------------------------------------
     def _real(self, images: np.ndarray, seed: int, step: int) -> np.ndarray:
@@ -140,23 +140,25 @@ class Task(base.ImageTask):
         stays the sharded one."""
         c = self.config
         size, critics = c.train.batch_size, c.loss.n_critic
-        rows = self.train_stream.indices(c.seed, step, size * critics)
+        stream = self.data.train_stream()
+        rows = stream.indices(c.seed, step, size * critics)
         rows = rows.reshape(critics, size).T
         share = size // jax.process_count()
         rows = rows[jax.process_index() * share : (jax.process_index() + 1) * share]
-        images = self._real(self.train_stream.images[rows.ravel()], c.seed, step)
+        images = self._real(stream.images[rows.ravel()], c.seed, step)
         return {
             "image": images.reshape(*rows.shape, *self.image_shape),
-            "label": np.maximum(self.train_stream.labels[rows], 0),
+            "label": np.maximum(stream.labels[rows], 0),
         }
 
     def eval_batches(self) -> Iterator[base.Batch]:
         size = self.config.train.eval_batch_size
         share = size // jax.process_count()
         mine = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
-        for start in range(0, len(self.eval_images) - size + 1, size):
-            images = image_data.scale(self.eval_images[start : start + size], "symmetric")
-            labels = np.maximum(self.eval_labels[start : start + size], 0)
+        eval_images, eval_labels = self.data.eval_split()
+        for start in range(0, len(eval_images) - size + 1, size):
+            images = image_data.scale(eval_images[start : start + size], "symmetric")
+            labels = np.maximum(eval_labels[start : start + size], 0)
             yield {"image": images[mine, None], "label": labels[mine, None]}
 
     # -- state -----------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class Task(base.ImageTask):
         )
 
     # -- networks --------------------------------------------------------------------------------
-    def generate(self, params: Any, z: jax.Array, labels: jax.Array) -> jax.Array:
+    def generate_images(self, params: Any, z: jax.Array, labels: jax.Array) -> jax.Array:
         """Images in [-1, 1]; batch norm uses this batch's statistics (nothing is kept)."""
         images, _ = self.generator.apply(
             {"params": params}, z, self._labels(labels), mutable=["batch_stats"]
@@ -225,7 +227,7 @@ class Task(base.ImageTask):
         loss_config = self.config.loss
         fake_rng, mix_rng = jax.random.split(rng)
         z, fake_labels = self._noise(fake_rng, real.shape[0])
-        fake = jax.lax.stop_gradient(self.generate(state.generator.params, z, fake_labels))
+        fake = jax.lax.stop_gradient(self.generate_images(state.generator.params, z, fake_labels))
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
             if self.config.model.d_norm == "batch":  # separate real and fake statistics (DCGAN)
@@ -273,7 +275,7 @@ class Task(base.ImageTask):
         z, labels = self._noise(rng, self.config.train.batch_size)
 
         def loss_fn(params: Any) -> jax.Array:
-            fake = self.generate(params, z, labels)
+            fake = self.generate_images(params, z, labels)
             logits, _ = self.discriminate(
                 state.discriminator.params, state.spectral, fake, labels, update=False
             )
@@ -310,7 +312,7 @@ class Task(base.ImageTask):
         real, labels = batch["image"][:, 0], batch["label"][:, 0]
         rng = step_rng(self.config.seed + EVAL_SEED_OFFSET, jnp.zeros((), jnp.int32))
         z, fake_labels = self._noise(rng, real.shape[0])
-        fake = self.generate(state.ema_params, z, fake_labels)
+        fake = self.generate_images(state.ema_params, z, fake_labels)
         d = state.discriminator.params
         real_logits, _ = self.discriminate(d, state.spectral, real, labels, update=False)
         fake_logits, _ = self.discriminate(d, state.spectral, fake, fake_labels, update=False)
@@ -337,6 +339,9 @@ class Task(base.ImageTask):
         labels = jnp.arange(count) % max(self.config.model.num_classes, 1)  # balanced classes
         z = jax.random.normal(rng, (count, self.config.model.latent_dim))
         return to_unit(self._generate_jit(params, z, labels))
+
+    def sampling_settings(self) -> dict[str, Any]:
+        return {"generator": "ema"}
 
     def sample_images(self, state: GANState, count: int, seed: int) -> Iterator[np.ndarray]:
         """EMA-generator samples in [0, 1], `SAMPLE_CHUNK` at a time."""

@@ -15,7 +15,10 @@ import numpy as np
 from scipy import stats
 
 from models.vae import VAE
+from train.capabilities import ImageSampler, SampleWriter
 from train.data import images as image_data
+from train.data.images import ImageData
+from train.data.splits import Splits
 from train.errors import UserError
 from train.optim import make_optimizer
 from train.pictures import save_grid
@@ -87,7 +90,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(result.statistic) / (positive.sum() * (~positive).sum())
 
 
-class Task(base.ImageTask):
+class Task(base.ImageTask, ImageSampler, SampleWriter):
     batch_axes: ClassVar = {
         "image": ("batch", None, None, None),
         "label": ("batch",),
@@ -95,11 +98,18 @@ class Task(base.ImageTask):
     }
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: Path | None = None, load_data: bool = True
+        self, config: ml_collections.ConfigDict, data: ImageData, workdir: Path | None = None
     ):
-        super().__init__(config, workdir, load_data)
+        super().__init__(config, data, workdir)
+        self.image_shape = image_data.SHAPES.get(config.data.name, (28, 28, 1))
+        self.model = build_model(config.model, self.image_shape)
+        self.tx = make_optimizer(config.optim)
+
+    @classmethod
+    def load_data(
+        cls, config: ml_collections.ConfigDict, workdir: Path | None, splits: Splits
+    ) -> ImageData:
         d = config.data
-        self.image_shape = image_data.SHAPES.get(d.name, (28, 28, 1))
         if (
             config.model.likelihood == "bernoulli"
             and d.name != "binarized_mnist"
@@ -111,18 +121,7 @@ class Task(base.ImageTask):
             )
         if d.binarize not in ("dynamic", "none"):
             raise UserError(f"data.binarize={d.binarize!r} is unknown; allowed: dynamic, none")
-        if load_data:
-            train_images, train_labels = image_data.load_split(d.name, d.path, "train")
-            train_images, train_labels = image_data.without_class(
-                train_images, train_labels, d.holdout_class
-            )
-            self.train_stream = image_data.ImageStream(train_images, train_labels)
-            self.eval_images, self.eval_labels = image_data.load_split(d.name, d.path, d.eval_split)
-            if d.eval_examples > 0:
-                self.eval_images = self.eval_images[: d.eval_examples]
-                self.eval_labels = self.eval_labels[: d.eval_examples]
-        self.model = build_model(config.model, self.image_shape)
-        self.tx = make_optimizer(config.optim)
+        return image_data.load_image_data(d, splits, d.eval_split, d.holdout_class)
 
     # -- data ------------------------------------------------------------------------------------
     def _prepare(self, images: np.ndarray, seed: int, step: int) -> np.ndarray:
@@ -136,35 +135,35 @@ class Task(base.ImageTask):
         )
 
     def train_batch(self, step: int) -> base.Batch:
-        rows = self.train_stream.indices(
+        stream = self.data.train_stream()
+        rows = stream.indices(
             self.config.seed,
             step,
             self.config.train.batch_size,
             jax.process_index(),
             jax.process_count(),
         )
-        images = self._prepare(self.train_stream.images[rows], self.config.seed, step)
+        images = self._prepare(stream.images[rows], self.config.seed, step)
         return {
             "image": images,
-            "label": self.train_stream.labels[rows],
+            "label": stream.labels[rows],
             "weight": np.ones(len(rows), np.float32),
         }
 
     def eval_batches(self) -> Iterator[base.Batch]:
         size = self.config.train.eval_batch_size
-        count = len(self.eval_images)
+        eval_images, eval_labels = self.data.eval_split()
+        count = len(eval_images)
         share = size // jax.process_count()
         for index, start in enumerate(range(0, count, size)):
             rows = np.arange(start, start + size)
             weight = (rows < count).astype(np.float32)  # the last batch is padded
             rows = np.minimum(rows, count - 1)
             mine = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
-            images = self._prepare(
-                self.eval_images[rows], self.config.seed + EVAL_SEED_OFFSET, index
-            )
+            images = self._prepare(eval_images[rows], self.config.seed + EVAL_SEED_OFFSET, index)
             yield {
                 "image": images[mine],
-                "label": self.eval_labels[rows][mine],
+                "label": eval_labels[rows][mine],
                 "weight": weight[mine],
             }
 
@@ -242,6 +241,9 @@ class Task(base.ImageTask):
         return metrics
 
     # -- generated images (FID) ----------------------------------------------------------------
+    def sampling_settings(self) -> dict[str, Any]:
+        return {"images": "decoder means of prior samples"}
+
     def sample_images(self, state: TrainState, count: int, seed: int) -> Iterator[np.ndarray]:
         """Decoder means of prior samples (Bernoulli probabilities / grey levels) in [0, 1]."""
         draw = jax.jit(
@@ -268,11 +270,8 @@ class Task(base.ImageTask):
         return None
 
     def _picture_inputs(self) -> np.ndarray:
-        images = (
-            self.eval_images[:16]
-            if hasattr(self, "eval_images")
-            else np.zeros((16, *self.image_shape), np.uint8)
-        )
+        loaded = self.data.eval_images  # `genlab sample` loads no data: blank inputs then
+        images = loaded[:16] if loaded is not None else np.zeros((16, *self.image_shape), np.uint8)
         return self._prepare(images, self.config.seed + EVAL_SEED_OFFSET, 0)
 
     def _to_unit(self, images: np.ndarray) -> np.ndarray:

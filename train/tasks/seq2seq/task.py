@@ -5,13 +5,11 @@ caches for both attentions."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import datasets
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,23 +18,25 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from models.transformer import SEQ2SEQ_POS_ENCODINGS, EncoderDecoder
+from train.capabilities import SampleWriter, TextSampler, TextSampling, Translator
 from train.data import tokenizers
 from train.data import translation as data
-from train.data.run_tokenizer import run_tokenizer
-from train.decoding import beam_search, greedy_search
+from train.data.parallel import ParallelData
+from train.data.splits import Splits
 from train.dtypes import model_dtypes
 from train.errors import UserError
-from train.metrics.bleu import BleuScore, corpus_bleu
 from train.optim import make_optimizer
 from train.perf import transformer_flops_per_token
 from train.state import TrainState, gradient_step
 from train.tasks import base
+from train.tasks.seq2seq.search import beam_search, greedy_search
 
-BLEU_DIR = "bleu"
 
-
-def build_model(c: ml_collections.ConfigDict, max_len: int, pad_id: int) -> EncoderDecoder:
-    """The encoder-decoder `model.*` describes, its position tables `max_len` long."""
+def build_model(
+    c: ml_collections.ConfigDict, max_len: int, pad_id: int, vocab_size: int
+) -> EncoderDecoder:
+    """The encoder-decoder `model.*` describes over `vocab_size` tokens, its position tables
+    `max_len` long."""
     dtypes = model_dtypes(c)
     if c.pos_encoding not in SEQ2SEQ_POS_ENCODINGS:
         raise UserError(
@@ -48,7 +48,7 @@ def build_model(c: ml_collections.ConfigDict, max_len: int, pad_id: int) -> Enco
             f"model.emb_dim={c.emb_dim} must be divisible by model.num_heads={c.num_heads}"
         )
     return EncoderDecoder(
-        vocab_size=c.vocab_size,
+        vocab_size=vocab_size,
         num_encoder_layers=c.num_encoder_layers,
         num_decoder_layers=c.num_decoder_layers,
         num_heads=c.num_heads,
@@ -96,88 +96,32 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"loss.label_smoothing={config.loss.label_smoothing} must lie in [0, 1)")
 
 
-class Task(base.Task):
+class Task(base.Task, TextSampler, Translator, SampleWriter):
     batch_axes: ClassVar = {name: ("batch", "length") for name in data.FIELDS}
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: Path | None = None, load_data: bool = True
+        self, config: ml_collections.ConfigDict, data: ParallelData, workdir: Path | None = None
     ):
-        super().__init__(config, workdir, load_data)
-        _check_config(config)
-        d = config.data
-        self.max_len = d.max_len
-        self._train: datasets.Dataset | None = None  # read once, when first needed
-        self._stream: data.PackedStream | None = None
-        self.tokenizer = run_tokenizer(config, workdir, self._fit if load_data else None)
-        if not isinstance(self.tokenizer, tokenizers.SubwordTokenizer):
-            raise UserError(  # only a workdir that some LM run wrote holds one
-                f"{workdir / tokenizers.TOKENIZER_FILE} is a {self.tokenizer.kind} tokenizer, "
-                "without pad/bos/eos tokens; allowed for seq2seq: bpe (is --workdir an LM run?)"
-            )
-        t = self.tokenizer
-        self.specials = data.Specials(pad=t.pad_id, bos=t.bos_id, eos=t.eos_id)
-        if load_data:
-            self._load_eval(d)
-        with config.unlocked():
-            config.model.vocab_size = t.vocab_size
-        self.model = build_model(config.model, self.max_len, t.pad_id)
+        super().__init__(config, data, workdir)
+        self.max_len = config.data.max_len
+        self.tokenizer = data.tokenizer
+        self.specials = data.specials
+        tokenizers.check_vocab_size(config.model.get("vocab_size", 0), data.vocab_size)
+        self.model = build_model(config.model, self.max_len, data.specials.pad, data.vocab_size)
         self.tx = make_optimizer(config.optim)
 
-    def _fit(self) -> tokenizers.Tokenizer:
-        """One joint vocabulary for both languages, learnt from the training split."""
-        d = self.config.data
-        train = self._train_pairs()
-        texts = list(train["source"]) + list(train["target"])
-        return tokenizers.fit_tokenizer(d.tokenizer, texts, d.vocab_size)
+    @classmethod
+    def load_data(
+        cls, config: ml_collections.ConfigDict, workdir: Path | None, splits: Splits
+    ) -> ParallelData:
+        _check_config(config)
+        return ParallelData(config, workdir, splits)
 
-    def _train_pairs(self) -> datasets.Dataset:
-        """The cleaned training split (its first `data.train_examples` lines when > 0)."""
-        if self._train is None:
-            d = self.config.data
-            self._train = data.load_pairs(
-                d.name,
-                d.path,
-                d.train_split,
-                d.source_lang,
-                d.target_lang,
-                d.train_examples,
-                key="data.train_split",
-            )
-        return self._train
+    def derived_settings(self) -> dict[str, Any]:
+        return {"model.vocab_size": self.data.vocab_size}
 
-    def _load_eval(self, d: ml_collections.ConfigDict) -> None:
-        """The eval split, tokenized and packed (the training split waits for first use, so
-        `genlab eval` never reads it)."""
-        evaluation = data.load_pairs(
-            d.name,
-            d.path,
-            d.eval_split,
-            d.source_lang,
-            d.target_lang,
-            d.eval_examples,
-            key="data.eval_split",
-        )
-        self.eval_pairs = data.TokenPairs.encode(
-            self.tokenizer, evaluation["source"], evaluation["target"]
-        )
-        self.eval_sources = list(evaluation["source"])
-        self.eval_references = list(evaluation["reference"])
-        self.eval_rows, self.eval_too_long = data.eval_rows(
-            self.eval_pairs, d.max_len, self.specials
-        )
-
-    @property
-    def stream(self) -> data.PackedStream:
-        """The training batches' source: the training split, tokenized, packed per step."""
-        if self._stream is None:
-            d, t = self.config.data, self.tokenizer
-            train = self._train_pairs()
-            pairs = data.TokenPairs.encode(t, train["source"], train["target"])
-            rows = self.config.train.batch_size
-            per_step = data.pairs_per_step(pairs, rows, d.max_len)
-            self._stream = data.PackedStream(pairs, rows, d.max_len, per_step, self.specials)
-            self._train = None  # the token ids are all it needs from now on
-        return self._stream
+    def vocab_size(self) -> int:
+        return self.data.vocab_size
 
     # -- state and steps -------------------------------------------------------------------------
     def init_state(self, rng: jax.Array) -> TrainState:
@@ -239,16 +183,19 @@ class Task(base.Task):
 
     # -- data ------------------------------------------------------------------------------------
     def train_batch(self, step: int) -> base.Batch:
-        return self.stream.batch(self.config.seed, step, jax.process_index(), jax.process_count())
+        return self.data.stream().batch(
+            self.config.seed, step, jax.process_index(), jax.process_count()
+        )
 
     def eval_batches(self) -> Iterator[base.Batch]:
         size = self.config.train.eval_batch_size
-        total = len(self.eval_rows["source"])
+        self.data.eval_text()  # the eval split must have been loaded
+        total = len(self.data.eval_rows["source"])
         share = size // jax.process_count()
         mine = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
         for start in range(0, total, size):
             batch = {}
-            for name, rows in self.eval_rows.items():
+            for name, rows in self.data.eval_rows.items():
                 chunk = rows[start : start + size]
                 fill = self.specials.pad if name in ("source", "target_in", "target_out") else 0
                 padding = np.full((size - len(chunk), rows.shape[1]), fill, rows.dtype)
@@ -259,14 +206,14 @@ class Task(base.Task):
         tokenizers.save_tokenizer(self.tokenizer, workdir)
 
     # -- translation -----------------------------------------------------------------------------
-    def translate(self, params: Any, sources: list[str]) -> list[str]:
+    def translate(self, state: TrainState, sources: list[str]) -> list[str]:
         """Detokenized translations of `sources` with the configured search (eval.*).
 
         Sentences are decoded in order of length, in batches whose source rows are cut to a
         multiple of 16 slots (a few compiled shapes, little padding). With replicated
         parameters (data-parallel) the batches go round the local devices and run at once.
         """
-        e = self.config.eval
+        e, params = self.config.eval, state.params
         ids = data.Ragged(self.tokenizer.encode_batch([data.clean(s) for s in sources]))
         lengths = ids.lengths() + 1  # EOS
         order = np.argsort(lengths, kind="stable")
@@ -306,21 +253,6 @@ class Task(base.Task):
         ids = row[: ends[0]] if len(ends) else row
         return " ".join(self.tokenizer.decode(ids).split())
 
-    def evaluate_state(self, state: TrainState) -> dict[str, float]:
-        """eval/bleu of the eval split's first `eval.bleu_examples` sentences (-1: all, 0: no
-        BLEU); the score, sacreBLEU signature, decode settings and translations are written to
-        WORKDIR/bleu/."""
-        e = self.config.eval
-        if e.bleu_examples == 0 or not hasattr(self, "eval_sources"):
-            return {}
-        count = len(self.eval_sources) if e.bleu_examples < 0 else e.bleu_examples
-        hypotheses = self.translate(state.params, self.eval_sources[:count])
-        references = self.eval_references[:count]
-        score = corpus_bleu(hypotheses, references, e.bleu_tokenize)
-        if jax.process_index() == 0 and self.workdir is not None:
-            self._record_bleu(score, hypotheses, _step_of(state))
-        return {"eval/bleu": score.bleu}
-
     def decode_settings(self) -> dict[str, Any]:
         """How `translate` searches, as recorded beside each BLEU score."""
         e = self.config.eval
@@ -332,53 +264,38 @@ class Task(base.Task):
             "max_output_tokens": self.max_len - 1,
         }
 
-    def _record_bleu(self, score: BleuScore, hypotheses: list[str], step: int) -> None:
-        """WORKDIR/bleu/step_N_SPLIT.{json,txt}: the score with its signature, the settings,
-        and the translations themselves."""
+    def eval_pairs_text(self) -> tuple[list[str], list[str]]:
+        return self.data.eval_text()
+
+    def eval_split_description(self) -> dict[str, Any]:
         d = self.config.data
-        folder = self.workdir / BLEU_DIR
-        folder.mkdir(exist_ok=True)
-        stem = f"step_{step:07d}_{d.eval_split}"
-        (folder / f"{stem}.txt").write_text("".join(h + "\n" for h in hypotheses))
-        record = {
-            "step": step,
+        return {
             "dataset": d.name,
             "split": d.eval_split,
             "direction": f"{d.source_lang}-{d.target_lang}",
-            **score.to_json(),
-            "decode": self.decode_settings(),
-            "eval_pairs_too_long_for_loss": int(self.eval_too_long),
-            "hypotheses": str(folder / f"{stem}.txt"),
+            "eval_pairs_too_long_for_loss": int(self.data.eval_too_long),
         }
-        (folder / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    def generate(
-        self,
-        params: Any,
-        prompt: str,
-        num_tokens: int,
-        seed: int = 0,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-    ) -> str:
+    def sample_text(self, state: TrainState, prompt: str, settings: TextSampling) -> str:
         """`genlab sample --prompt`: each line of the prompt translated with the configured
         search (eval.beam_size, eval.length_penalty), up to data.max_len - 1 tokens; the
         sampling settings (num_tokens, seed, temperature, top-k/p) do not apply."""
         lines = [line for line in prompt.split("\n") if line.strip()]
         if not lines:
             raise UserError("--prompt must hold at least one sentence to translate")
-        return "\n" + "\n".join(self.translate(params, lines))
+        return "\n" + "\n".join(self.translate(state, lines))
 
     def write_samples(self, state: TrainState, step: int, workdir: Path) -> str | None:
-        count = min(self.config.sample.num_examples, len(getattr(self, "eval_sources", [])))
-        if count == 0:
+        if self.data.eval_sources is None:  # no eval split loaded: nothing to translate
             return None
-        sources = self.eval_sources[:count]
-        hypotheses = self.translate(state.params, sources)
+        sources, references = self.data.eval_text()
+        sources = sources[: self.config.sample.num_examples]
+        if not sources:
+            return None
+        hypotheses = self.translate(state, sources)
         text = "\n\n".join(
             f"{s}\n=> {h}\n(reference: {r})"
-            for s, h, r in zip(sources, hypotheses, self.eval_references, strict=False)
+            for s, h, r in zip(sources, hypotheses, references, strict=False)
         )
         if jax.process_index() == 0:
             out = workdir / "samples"
@@ -400,7 +317,7 @@ class Task(base.Task):
         def size(tree: Any) -> int:
             return sum(x.size for name, x in _leaves_with_names(tree) if "pos_embed" not in name)
 
-        output = c.vocab_size * c.emb_dim
+        output = self.data.vocab_size * c.emb_dim
         slots = self.config.train.batch_size * self.max_len
         encoder = transformer_flops_per_token(
             size(params["encoder"]), c.num_encoder_layers, self.max_len, c.emb_dim
@@ -431,11 +348,6 @@ def _local_replicas(params: Any) -> list[tuple[jax.Device, Any]] | None:
         )
 
     return [(device, on(device)) for device in devices]
-
-
-def _step_of(state: TrainState) -> int:
-    step = state.step
-    return int(np.asarray(step.addressable_data(0) if hasattr(step, "addressable_data") else step))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))

@@ -20,13 +20,16 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from models.dit import DiT
 from models.unet import UNet
-from train import diffusion
+from train.capabilities import ImageSampler, SampleWriter
 from train.data import images as image_data
+from train.data.images import ImageData
+from train.data.splits import Splits
 from train.errors import UserError
 from train.optim import make_optimizer
 from train.pictures import save_grid
 from train.state import TrainState, ema_update, gradient_step, step_rng
 from train.tasks import base
+from train.tasks.diffusion import schedule as diffusion
 
 ARCHS = ("unet", "dit")
 EVAL_SEED_OFFSET = 3571
@@ -81,7 +84,7 @@ def build_model(c: ml_collections.ConfigDict, timesteps: int, image_shape: tuple
     )
 
 
-class Task(base.ImageTask):
+class Task(base.ImageTask, ImageSampler, SampleWriter):
     batch_axes: ClassVar = {
         "image": ("batch", None, None, None),
         "label": ("batch",),
@@ -89,13 +92,10 @@ class Task(base.ImageTask):
     }
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: Path | None = None, load_data: bool = True
+        self, config: ml_collections.ConfigDict, data: ImageData, workdir: Path | None = None
     ):
-        super().__init__(config, workdir, load_data)
-        d, p = config.data, config.diffusion
-        if d.name not in image_data.SHAPES or d.name == "binarized_mnist":
-            allowed = ", ".join(n for n in image_data.SHAPES if n != "binarized_mnist")
-            raise UserError(f"data.name={d.name!r} cannot be diffused; allowed: {allowed}")
+        super().__init__(config, data, workdir)
+        p = config.diffusion
         for key, value, allowed in (
             ("diffusion.prediction", p.prediction, diffusion.PREDICTIONS),
             ("diffusion.variance", p.variance, diffusion.VARIANCES),
@@ -112,42 +112,42 @@ class Task(base.ImageTask):
                 f"eval.bpd_timesteps={config.eval.bpd_timesteps}: allowed 1 to {p.timesteps - 1} "
                 "(T - 1 computes the bound exactly)"
             )
-        self.image_shape = image_data.SHAPES[d.name]
+        self.image_shape = image_data.SHAPES[config.data.name]
         self.model = build_model(config.model, p.timesteps, self.image_shape)
         self.tx = make_optimizer(config.optim)
-        if load_data:
-            images, labels = image_data.load_split(d.name, d.path, "train")
-            self.train_stream = image_data.ImageStream(images, labels)
-            self.eval_images, self.eval_labels = image_data.load_split(d.name, d.path, "test")
-            if d.eval_examples > 0:
-                self.eval_images = self.eval_images[: d.eval_examples]
-                self.eval_labels = self.eval_labels[: d.eval_examples]
-            classes = config.model.num_classes
-            if classes and labels.max() >= classes:
-                raise UserError(
-                    f"model.num_classes={classes} but {d.name} has labels up to {labels.max()}; "
-                    "allowed: 0 (unconditional) or more than the largest label"
-                )
+        image_data.check_num_classes(data, config.model.num_classes)
+
+    @classmethod
+    def load_data(
+        cls, config: ml_collections.ConfigDict, workdir: Path | None, splits: Splits
+    ) -> ImageData:
+        name = config.data.name
+        if name not in image_data.SHAPES or name == "binarized_mnist":
+            allowed = ", ".join(n for n in image_data.SHAPES if n != "binarized_mnist")
+            raise UserError(f"data.name={name!r} cannot be diffused; allowed: {allowed}")
+        return image_data.load_image_data(config.data, splits)
 
     # -- data ------------------------------------------------------------------------------------
     def train_batch(self, step: int) -> base.Batch:
         c = self.config
-        rows = self.train_stream.indices(
+        stream = self.data.train_stream()
+        rows = stream.indices(
             c.seed, step, c.train.batch_size, jax.process_index(), jax.process_count()
         )
-        images = image_data.scale(self.train_stream.images[rows], "symmetric")
+        images = image_data.scale(stream.images[rows], "symmetric")
         if c.data.random_flip:
             flip = np.random.default_rng([c.seed, step, 0xF1]).random(len(images)) < 0.5
             images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
         return {
             "image": images,
-            "label": np.maximum(self.train_stream.labels[rows], 0),
+            "label": np.maximum(stream.labels[rows], 0),
             "weight": np.ones(len(rows), np.float32),
         }
 
     def eval_batches(self) -> Iterator[base.Batch]:
         size = self.config.train.eval_batch_size
-        count = len(self.eval_images)
+        eval_images, eval_labels = self.data.eval_split()
+        count = len(eval_images)
         share = size // jax.process_count()
         mine = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
         for start in range(0, count, size):
@@ -155,8 +155,8 @@ class Task(base.ImageTask):
             weight = (rows < count).astype(np.float32)  # the last batch is padded
             rows = np.minimum(rows, count - 1)
             yield {
-                "image": image_data.scale(self.eval_images[rows], "symmetric")[mine],
-                "label": np.maximum(self.eval_labels[rows], 0)[mine],
+                "image": image_data.scale(eval_images[rows], "symmetric")[mine],
+                "label": np.maximum(eval_labels[rows], 0)[mine],
                 "weight": weight[mine],
             }
 

@@ -1,0 +1,119 @@
+"""A decoder LM's data: its tokenizer and token windows of the splits a command asked for.
+
+`data.source=text` reads a corpus (`train/data/text.py`) and tokenizes it with the run's tokenizer
+(`train/data/run_tokenizer.py`); `synthetic` draws uniformly random tokens for throughput runs (no
+file, no tokenizer, no samples: the loss stays near log(vocab_size)).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from train.data import tokenizers
+from train.data.run_tokenizer import run_tokenizer
+from train.data.splits import EVAL, TRAIN, Splits, loaded
+from train.data.text import TokenWindows, load_text, split_tokens
+from train.errors import UserError
+
+SYNTHETIC_TOKENS = 1 << 20  # per split; windows are drawn from it at random
+
+
+@dataclass
+class LMData:
+    """The vocabulary and, when loaded, the windows of each split. `tokens_per_char` (of the
+    validation text) turns a loss per token into bits per character."""
+
+    vocab_size: int
+    tokenizer: tokenizers.Tokenizer | None = None  # None: synthetic tokens
+    train: TokenWindows | None = None
+    val: TokenWindows | None = None
+    tokens_per_char: float | None = None
+
+    def train_windows(self) -> TokenWindows:
+        return loaded(self.train, TRAIN, "the LM's token windows")
+
+    def val_windows(self) -> TokenWindows:
+        return loaded(self.val, EVAL, "the LM's token windows")
+
+
+def load_lm_data(config: ml_collections.ConfigDict, workdir: Path | None, splits: Splits) -> LMData:
+    """The data `data.source` names, for `splits`."""
+    if config.data.get("source", "text") == "synthetic":  # its allowed values: launch/validate
+        return _synthetic(config, splits)
+    return _text(config, workdir, splits)
+
+
+def _synthetic(config: ml_collections.ConfigDict, splits: Splits) -> LMData:
+    d = config.data
+    if d.vocab_size < 2:
+        raise UserError(
+            f"data.vocab_size={d.vocab_size}: data.source=synthetic needs the vocabulary "
+            "size (at least 2), e.g. 50304 for GPT-2"
+        )
+    count = max(SYNTHETIC_TOKENS, 4 * (d.block_size + 1))
+    rng = np.random.default_rng(config.seed)
+    train = TokenWindows(rng.integers(0, d.vocab_size, count, np.int32), d.block_size)
+    val = TokenWindows(rng.integers(0, d.vocab_size, count, np.int32), d.block_size)
+    return LMData(
+        d.vocab_size,
+        train=train if TRAIN in splits else None,
+        val=val if EVAL in splits else None,
+    )
+
+
+def _text(config: ml_collections.ConfigDict, workdir: Path | None, splits: Splits) -> LMData:
+    """A corpus, its tokenizer (fitted, or reused from a run) and its token windows."""
+    d = config.data
+    fit = None
+    if splits:
+        text = load_text(d.path)
+        val_path = d.get("val_path", "")
+        if val_path:
+            train_text, val_text = text, load_text(val_path)
+        else:
+            train_text, val_text = split_tokens(text, d.val_fraction)
+        # A subword tokenizer learns from the training text only; the char vocabulary is
+        # the whole file's (nanoGPT's 65 characters for Tiny Shakespeare).
+        fit_text = text if d.tokenizer == "char" else train_text
+        fit = functools.partial(
+            tokenizers.fit_tokenizer, d.tokenizer, fit_text, d.get("vocab_size", 0)
+        )
+    tokenizer = run_tokenizer(config, workdir, fit)
+    data = LMData(tokenizer.vocab_size, tokenizer)
+    if TRAIN in splits:
+        train_tokens = tokenizer.encode(_restrict(d, tokenizer, train_text, d.path))
+        data.train = TokenWindows(train_tokens, d.block_size)
+    if splits:
+        val_text = _restrict(d, tokenizer, val_text, val_path or d.path)
+        val_tokens = tokenizer.encode(val_text)
+        data.tokens_per_char = len(val_tokens) / max(len(val_text), 1)
+        if EVAL in splits:
+            data.val = TokenWindows(val_tokens, d.block_size)
+    return data
+
+
+def _restrict(
+    d: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer, text: str, source: str
+) -> str:
+    """`text` with the characters a reused char vocabulary lacks handled as
+    `data.unknown_chars` says (subword tokenizers handle unseen text themselves)."""
+    policy = d.get("unknown_chars", "error")
+    if not isinstance(tokenizer, tokenizers.CharTokenizer):
+        tokenizers.check_unknown_char_policy(policy)
+        return text
+    replacement = d.get("unknown_replacement", " ")
+    text, unknown = tokenizers.restrict_to_alphabet(text, tokenizer.chars, policy, replacement)
+    if unknown and policy != "error" and jax.process_index() == 0:
+        verb = "dropped" if policy == "drop" else f"replaced by {replacement!r}"
+        print(
+            f"data: {sum(unknown.values())} characters of {source} outside the "
+            f"vocabulary {verb}: {''.join(unknown)!r}",
+            flush=True,
+        )
+    return text
