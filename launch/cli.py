@@ -105,14 +105,6 @@ def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str])
     if args.metric != "task" and args.metric not in evaluators.available():
         allowed = ", ".join(["task", *evaluators.available()])
         raise UserError(f"--metric={args.metric}: unknown evaluator; allowed: {allowed}")
-    workdir = Path(args.workdir)
-    if args.metric == "fid":  # Inception dominates: one XLA device per core (fid.py says why)
-        overrides = {"mesh.cpu_devices": "-1", **overrides}
-    config = _workdir_config(workdir, overrides)
-    split_cpu(config)  # before jax starts
-    from train.trainer import evaluate_run
-
-    names = None if args.metric == "task" else [args.metric]
     settings = {key: getattr(args, flag) for flag, key in FID_FLAGS.items()}
     settings["split"] = args.fid_split
     if args.metric != "fid":
@@ -121,6 +113,14 @@ def _eval(args: argparse.Namespace, spec: str | None, overrides: dict[str, str])
             flag = given[0] if given else "fid_split"
             raise UserError(f"--{flag} is a setting of --metric fid; here --metric={args.metric}")
     settings = {key: value for key, value in settings.items() if value is not None}
+    workdir = Path(args.workdir)
+    if args.metric == "fid":  # Inception dominates: one XLA device per core (fid.py says why)
+        overrides = {"mesh.cpu_devices": "-1", **overrides}
+    config = _workdir_config(workdir, overrides)
+    split_cpu(config)  # before jax starts
+    from train.trainer import evaluate_run
+
+    names = None if args.metric == "task" else [args.metric]
     if args.metric == "fid":  # a count too small for FID fails before any restore or sampling
         from train.evaluators import fid as fid_evaluator
         from train.metrics.fid import check_rank
