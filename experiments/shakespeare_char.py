@@ -55,9 +55,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.mlp_dim = 512
     c.model.dropout = 0.0
     c.model.pos_encoding = "learned"  # learned | sinusoidal | rope
+    c.model.rope_theta = 10_000.0  # rope's max timescale (Llama 3: 500,000)
     c.model.tie_embeddings = True
     c.model.use_bias = False
-    c.model.activation = "gelu_tanh"  # gelu_tanh | gelu | relu
+    c.model.activation = "gelu_tanh"  # gelu_tanh | gelu | relu (the plain MLP's)
+    # transformer only, Llama-style options (experiments/llama.py): the block norm (layernorm |
+    # rmsnorm), the MLP (plain | swiglu: silu(gate) * up) and the key/value heads (0: num_heads;
+    # fewer, a divisor of num_heads: grouped-query attention)
+    c.model.norm = "layernorm"
+    c.model.mlp = "plain"
+    c.model.num_kv_heads = 0
     # transformer only: auto | xla | cudnn | reference. auto = cuDNN flash attention on a GPU in
     # bfloat16, XLA elsewhere. Only `reference` applies dropout to the attention weights; on the
     # fused paths model.dropout acts on embeddings and the attention/MLP outputs alone.

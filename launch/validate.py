@@ -3,19 +3,20 @@
 Rules are matched against the dotted key by shell-style patterns (`optim*.lr` covers the GAN's
 `optim_g` and `optim_d` too); a key a config lacks is simply not checked. Choices that a family
 alone knows (a model's `arch`, a loss's `name`) stay with that family, which reports them as one
-line when it builds.
+line when it builds. RELATIONS check keys against each other, once each key is allowed alone.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import ml_collections
 
-from models.layers import ATTENTION_IMPLS, REMAT_POLICIES
+from models.layers import ATTENTION_IMPLS, MLP_KINDS, NORMS, REMAT_POLICIES
 from train.dtypes import DTYPES
 from train.errors import UserError
 from train.metadata import flat_settings
@@ -83,6 +84,7 @@ RULES: dict[str, Range | Choice] = {
     "model.num_encoder_layers": POSITIVE,
     "model.num_decoder_layers": POSITIVE,
     "model.num_heads": POSITIVE,
+    "model.num_kv_heads": NON_NEGATIVE,  # 0: num_heads
     "model.emb_dim": POSITIVE,
     "model.mlp_dim": POSITIVE,
     "model.width": POSITIVE,
@@ -96,6 +98,9 @@ RULES: dict[str, Range | Choice] = {
     "model.param_dtype": Choice(tuple(DTYPES)),
     "model.attention_impl": Choice(ATTENTION_IMPLS),
     "model.remat": Choice(tuple(REMAT_POLICIES)),
+    "model.norm": Choice(NORMS),
+    "model.mlp": Choice(MLP_KINDS),
+    "model.rope_theta": Range(1, open_low=True),  # frequencies fall across head dimensions
     "data.block_size": POSITIVE,
     "data.vocab_size": NON_NEGATIVE,
     "data.val_fraction": Range(0, 1, open_low=True, open_high=True),
@@ -122,12 +127,35 @@ def rule_for(key: str) -> Range | Choice | None:
     return next((rule for pattern, rule in RULES.items() if fnmatch.fnmatch(key, pattern)), None)
 
 
+def _kv_heads_divide_heads(settings: dict[str, Any]) -> str | None:
+    kv_heads, heads = settings["model.num_kv_heads"], settings["model.num_heads"]
+    if kv_heads and heads % kv_heads:
+        return (
+            f"model.num_kv_heads={kv_heads} must divide model.num_heads={heads} "
+            "(each key/value head serves a whole group of query heads; 0: num_heads)"
+        )
+    return None
+
+
+# Checks between keys: the keys they read, and a function of the flat settings that returns the
+# problem in one line, or None. They run only where a config has every key they read.
+RELATIONS: tuple[tuple[tuple[str, ...], Callable[[dict[str, Any]], str | None]], ...] = (
+    (("model.num_kv_heads", "model.num_heads"), _kv_heads_divide_heads),
+)
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raise a one-line UserError for the first key whose value its rule does not allow."""
-    for key, value in flat_settings(config.to_dict()).items():
+    """Raise a one-line UserError for the first key whose value its rule does not allow, then
+    for the first relation between keys (RELATIONS) that does not hold."""
+    settings = flat_settings(config.to_dict())
+    for key, value in settings.items():
         rule = rule_for(key)
         if rule is not None and not _allowed(key, value, rule):
             allowed = rule.describe()
             if key == "mesh.cpu_devices":
                 allowed = "-1 (one per core) or a positive count"
             raise UserError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+    for keys, relation in RELATIONS:
+        problem = relation(settings) if all(key in settings for key in keys) else None
+        if problem:
+            raise UserError(problem)

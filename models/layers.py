@@ -7,9 +7,11 @@ same module runs data-parallel, FSDP or tensor-parallel depending only on the ru
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +23,28 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 DEFAULT_INIT_STD = 0.02
+
+# The platform the traced program will run on: this process's backend, except while
+# `genlab plan` traces for a machine it does not have (a TPU slice, from this CPU).
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "target_platform", default=None
+)
+
+
+def target_platform() -> str:
+    """'cpu', 'gpu' or 'tpu': what the code being traced is compiled for."""
+    return _TARGET_PLATFORM.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str) -> Iterator[None]:
+    """Trace as if on `platform`, so platform-specific choices (the CPU matmul below, cuDNN
+    attention) follow the target rather than the host."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
 
 
 @jax.custom_vjp
@@ -54,7 +78,7 @@ def matmul(x: jax.Array, w: jax.Array, in_dims: int = 1) -> jax.Array:
     On CPU through the custom-VJP 2-D product above; elsewhere a plain dot, so that XLA's GPU/TPU
     fusion and remat policies see an ordinary `dot_general`.
     """
-    if jax.default_backend() != "cpu":
+    if target_platform() != "cpu":
         return jax.lax.dot_general(
             x, w, ((tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims))), ((), ()))
         )
@@ -101,6 +125,40 @@ class LayerNorm(nn.Module):
         )(x)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019), Llama's norm, whose scale is named along `embed`: x over
+    the root mean square of its channels, times a scale; no mean subtraction and no bias."""
+
+    epsilon: float = 1e-5  # Llama's rms_norm_eps
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.RMSNorm(
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            scale_init=partitioned(nn.initializers.ones, ("embed",)),
+        )(x)
+
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def norm_layer(
+    kind: str, use_bias: bool, dtype: Dtype, param_dtype: Dtype, name: str
+) -> LayerNorm | RMSNorm:
+    """The block norm `kind` names (NORMS); RMSNorm has no bias, so `use_bias` is LayerNorm's only.
+    Either keeps the caller's `name` (`ln_attn`, `ln_final`, ...); the parameter path below it
+    says which norm it is (`LayerNorm_0/scale` or `RMSNorm_0/scale`)."""
+    if kind == "layernorm":
+        return LayerNorm(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+    if kind == "rmsnorm":
+        return RMSNorm(dtype=dtype, param_dtype=param_dtype, name=name)
+    raise ValueError(f"norm={kind!r} is unknown; allowed: {NORMS}")
+
+
 class Dense(nn.Module):
     """A linear layer over the last axis whose kernel carries logical axis names (via `matmul`)."""
 
@@ -131,11 +189,18 @@ class Dense(nn.Module):
         return y
 
 
+MLP_KINDS = ("plain", "swiglu")
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward block: Dense -> activation -> Dense -> dropout."""
+    """Position-wise feed-forward block, then dropout. `plain`: wi -> activation -> wo.
+    `swiglu` (Shazeer 2020; Llama): silu(wi_gate x) * wi_up x -> wo, a gated unit with three
+    matrices instead of two (1.5x the parameters at the same `hidden_dim`); `activation` is the
+    plain MLP's only."""
 
     hidden_dim: int
     activation: str = "gelu_tanh"
+    kind: str = "plain"
     dropout: float = 0.0
     use_bias: bool = False
     out_init_std: float = DEFAULT_INIT_STD
@@ -145,8 +210,15 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = Dense(self.hidden_dim, ("embed", "mlp"), name="wi", **common)(x)
-        h = ACTIVATIONS[self.activation](h)
+        if self.kind == "plain":
+            h = Dense(self.hidden_dim, ("embed", "mlp"), name="wi", **common)(x)
+            h = ACTIVATIONS[self.activation](h)
+        elif self.kind == "swiglu":
+            gate = Dense(self.hidden_dim, ("embed", "mlp"), name="wi_gate", **common)(x)
+            up = Dense(self.hidden_dim, ("embed", "mlp"), name="wi_up", **common)(x)
+            h = jax.nn.silu(gate) * up
+        else:
+            raise ValueError(f"mlp={self.kind!r} is unknown; allowed: {MLP_KINDS}")
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         out = Dense(x.shape[-1], ("mlp", "embed"), init_std=self.out_init_std, name="wo", **common)(
             h
@@ -192,7 +264,7 @@ CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 def cudnn_supports(dtype: Dtype, head_dim: int) -> bool:
     """Whether cuDNN flash attention takes these inputs on this backend."""
     return (
-        jax.default_backend() == "gpu"
+        target_platform() == "gpu"
         and jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES]
         and head_dim % 8 == 0
         and head_dim <= 128
@@ -223,7 +295,9 @@ def dot_product_attention(
     """softmax(q k^T / sqrt(d)) v over the allowed keys, on (batch, length, heads, head_dim)
     arrays. `impl` is resolved already (xla | cudnn | reference); `mask` (True = may attend) is
     broadcastable to (batch, heads, query, key); `dropout` (reference only) acts on the weights.
-    `causal` counts query i as position i of the keys (no cache offset)."""
+    `causal` counts query i as position i of the keys (no cache offset). Keys and values may have
+    fewer heads than the queries, a divisor of theirs (grouped-query attention): query head n
+    then reads key/value head n // (heads / kv_heads), jax.nn.dot_product_attention's grouping."""
     if impl == "cudnn" and mask is not None:  # cuDNN takes it as a bias of full (query, key) size
         batch, heads = mask.shape[0], mask.shape[1]
         mask = jnp.broadcast_to(mask, (batch, heads, query.shape[1], key.shape[1]))
@@ -231,6 +305,9 @@ def dot_product_attention(
         return jax.nn.dot_product_attention(
             query, key, value, mask=mask, is_causal=causal, implementation=impl
         )
+    groups = query.shape[2] // key.shape[2]
+    if groups > 1:  # the reference path favours plainness over the memory a repeat costs
+        key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
     length, keys = query.shape[1], key.shape[1]
     allowed = np.tril(np.ones((length, keys), dtype=bool)) if causal else None
     if mask is not None:
@@ -257,21 +334,30 @@ class MultiHeadAttention(nn.Module):
     restricts it, e.g. to hide padding. `dropout` applies to the output and, on the `reference`
     path only, to the attention weights unless `attention_dropout` is given.
 
+    `num_kv_heads` (0: `num_heads`) below `num_heads`, a divisor of it, is grouped-query
+    attention (Ainslie et al. 2023; Llama 2/3): each key/value head serves num_heads / num_kv_heads
+    query heads, so the KV cache and the key/value projection shrink by that factor. Its
+    parameters are `query_kernel` (embed, heads, kv) and `kv_kernel` (embed, 2, kv_heads, kv)
+    (biases `query_bias`, `kv_bias`); with as many key/value heads as query heads they stay one
+    fused `qkv_kernel` (embed, 3, heads, kv), as checkpoints of multi-head attention have them.
+
     `cross=True` makes it encoder-decoder attention: queries come from `x`, keys and values from
-    `inputs_kv` (same width), through the same `qkv_kernel` (its query slice for `x`, its
-    key/value slices for `inputs_kv`), never causal and without RoPE (the two sequences' positions
-    are unrelated). In decode mode the keys/values are computed once, by the call that passes
+    `inputs_kv` (same width), through the same kernels (the query part for `x`, the key/value
+    part for `inputs_kv`), never causal and without RoPE (the two sequences' positions are
+    unrelated). In decode mode the keys/values are computed once, by the call that passes
     `inputs_kv`, and kept in the cache (`cross_key`, `cross_value`); later calls pass
     `inputs_kv=None` and reuse them.
     """
 
     num_heads: int
     max_len: int
+    num_kv_heads: int = 0  # 0: num_heads (multi-head attention)
     causal: bool = True
     cross: bool = False
     dropout: float = 0.0
     attention_dropout: float | None = None  # on the attention weights; None: `dropout`
     use_rope: bool = False
+    rope_theta: float = 10_000.0  # RoPE's max timescale (Llama 3: 500,000)
     use_bias: bool = False
     out_init_std: float = DEFAULT_INIT_STD
     attention_impl: str = "auto"
@@ -289,31 +375,15 @@ class MultiHeadAttention(nn.Module):
         inputs_kv: jax.Array | None = None,
     ) -> jax.Array:
         width = x.shape[-1]
-        head_dim = width // self.num_heads
-        qkv_kernel = self.param(
-            "qkv_kernel",
-            partitioned(normal(), ("embed", None, "heads", "kv")),
-            (width, 3, self.num_heads, head_dim),
-            self.param_dtype,
-        )
-        qkv_bias = None
-        if self.use_bias:
-            qkv_bias = self.param(
-                "qkv_bias",
-                partitioned(nn.initializers.zeros, (None, "heads", "kv")),
-                (3, self.num_heads, head_dim),
-                self.param_dtype,
-            )
+        kernels = self._projection_params(width, width // self.num_heads)
         if self.cross:
-            query, key, value = self._cross_projections(x, inputs_kv, qkv_kernel, qkv_bias, decode)
+            query, key, value = self._cross_projections(x, inputs_kv, kernels, decode)
             return self._attend(query, key, value, False, mask, width, deterministic, decode)
 
-        qkv = matmul(x.astype(self.dtype), qkv_kernel.astype(self.dtype))  # (b, t, 3, h, d)
-        if qkv_bias is not None:
-            qkv = qkv + qkv_bias.astype(self.dtype)
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (b, t, h, d)
+        query, key, value = self._self_projections(x, kernels)  # (b, t, heads or kv_heads, d)
         if self.use_rope:
-            query, key = apply_rope(query, positions), apply_rope(key, positions)
+            query = apply_rope(query, positions, self.rope_theta)
+            key = apply_rope(key, positions, self.rope_theta)
         if not decode:
             return self._attend(query, key, value, self.causal, mask, width, deterministic, False)
         key, value = self._update_cache(key, value)
@@ -361,18 +431,82 @@ class MultiHeadAttention(nn.Module):
             out = out + out_bias.astype(self.dtype)
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
+    @property
+    def kv_heads(self) -> int:
+        """How many key/value heads there are (`num_kv_heads`, 0 meaning `num_heads`)."""
+        kv_heads = self.num_kv_heads or self.num_heads
+        if kv_heads < 0 or self.num_heads % kv_heads:
+            raise ValueError(
+                f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"
+            )
+        return kv_heads
+
+    def _projection_params(self, width: int, head_dim: int) -> dict[str, jax.Array]:
+        """The input projections' kernels and biases: the fused `qkv_*` for multi-head
+        attention, `query_*` and `kv_*` for grouped-query attention (see the class docstring)."""
+        heads, kv_heads = self.num_heads, self.kv_heads
+        if kv_heads == heads:
+            shapes = {"qkv": ((None, "heads", "kv"), (3, heads, head_dim))}
+        else:
+            shapes = {
+                "query": (("heads", "kv"), (heads, head_dim)),
+                "kv": ((None, "kv_heads", "kv"), (2, kv_heads, head_dim)),
+            }
+        params = {}
+        for name, (axes, shape) in shapes.items():
+            params[f"{name}_kernel"] = self.param(
+                f"{name}_kernel",
+                partitioned(normal(), ("embed", *axes)),
+                (width, *shape),
+                self.param_dtype,
+            )
+            if self.use_bias:
+                params[f"{name}_bias"] = self.param(
+                    f"{name}_bias",
+                    partitioned(nn.initializers.zeros, axes),
+                    shape,
+                    self.param_dtype,
+                )
+        return params
+
+    def _project(self, x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+        y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y if bias is None else y + bias.astype(self.dtype)
+
+    def _query(self, x: jax.Array, params: dict[str, jax.Array]) -> jax.Array:
+        """Queries (b, t, heads, d)."""
+        if "qkv_kernel" in params:
+            bias = params.get("qkv_bias")
+            return self._project(x, params["qkv_kernel"][:, 0], None if bias is None else bias[0])
+        return self._project(x, params["query_kernel"], params.get("query_bias"))
+
+    def _key_value(self, x: jax.Array, params: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """Keys and values, each (b, s, kv_heads, d)."""
+        if "qkv_kernel" in params:
+            bias = params.get("qkv_bias")
+            kv = self._project(x, params["qkv_kernel"][:, 1:], None if bias is None else bias[1:])
+        else:
+            kv = self._project(x, params["kv_kernel"], params.get("kv_bias"))
+        return kv[:, :, 0], kv[:, :, 1]
+
+    def _self_projections(
+        self, x: jax.Array, params: dict[str, jax.Array]
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries, keys and values of `x`: one matmul through the fused kernel when it exists."""
+        if "qkv_kernel" not in params:
+            return self._query(x, params), *self._key_value(x, params)
+        qkv = self._project(x, params["qkv_kernel"], params.get("qkv_bias"))  # (b, t, 3, h, d)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
     def _cross_projections(
         self,
         x: jax.Array,
         inputs_kv: jax.Array | None,
-        qkv_kernel: jax.Array,
-        qkv_bias: jax.Array | None,
+        params: dict[str, jax.Array],
         decode: bool,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Queries from `x`; keys/values from `inputs_kv`, or from the cache when decoding."""
-        query = matmul(x.astype(self.dtype), qkv_kernel[:, 0].astype(self.dtype))  # (b, t, h, d)
-        if qkv_bias is not None:
-            query = query + qkv_bias[0].astype(self.dtype)
+        query = self._query(x, params)
         initialized = self.has_variable("cache", "cross_key")
         if inputs_kv is None:
             if not (decode and initialized):
@@ -385,10 +519,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"cross-attention: inputs_kv width {inputs_kv.shape[-1]} != {x.shape[-1]}"
             )
-        kv = matmul(inputs_kv.astype(self.dtype), qkv_kernel[:, 1:].astype(self.dtype))
-        if qkv_bias is not None:
-            kv = kv + qkv_bias[1:].astype(self.dtype)
-        key, value = kv[:, :, 0], kv[:, :, 1]  # each (b, s, h, d)
+        key, value = self._key_value(inputs_kv, params)  # each (b, s, kv_heads, d)
         if decode:
             cached_key = self.variable("cache", "cross_key", jnp.zeros, key.shape, key.dtype)
             cached_value = self.variable("cache", "cross_value", jnp.zeros, value.shape, key.dtype)
@@ -397,7 +528,8 @@ class MultiHeadAttention(nn.Module):
         return query, key, value
 
     def _update_cache(self, key: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Write this call's keys/values at the cache index; return the whole cache."""
+        """Write this call's keys/values at the cache index; return the whole cache (kv_heads
+        heads: grouped-query attention caches only those)."""
         batch, length, heads, head_dim = key.shape
         shape = (batch, self.max_len, heads, head_dim)
         initialized = self.has_variable("cache", "key")
@@ -481,12 +613,14 @@ def next_token_logits(
     use_bias: bool = False,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
+    norm: str = "layernorm",
 ) -> jax.Array:
-    """A language model's last LayerNorm (`ln_final`) and output layer: the embedding table
-    transposed when `tie`, else a `head` Dense. Logits come in the compute dtype: a float32 copy
-    of a (tokens x vocabulary) array costs more than the loss itself, so consumers upcast inside
-    their reductions (train/losses.py). Call inside a compact module."""
-    x = LayerNorm(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name="ln_final")(x)
+    """A language model's last norm (`ln_final`, of the kind `norm` names: NORMS) and output
+    layer: the embedding table transposed when `tie`, else a `head` Dense. Logits come in the
+    compute dtype: a float32 copy of a (tokens x vocabulary) array costs more than the loss
+    itself, so consumers upcast inside their reductions (train/losses.py). Call inside a compact
+    module."""
+    x = norm_layer(norm, use_bias, dtype, param_dtype, "ln_final")(x)
     if tie:
         logits = matmul(x.astype(dtype), embed.embedding.T.astype(dtype))
     else:

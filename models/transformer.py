@@ -16,6 +16,7 @@ from models.layers import (
     MultiHeadAttention,
     matmul,
     next_token_logits,
+    norm_layer,
     normal,
     partitioned,
     position_rows,
@@ -28,7 +29,7 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 
 
 class DecoderBlock(nn.Module):
-    """Pre-LayerNorm block: x + attn(LN(x)), then x + mlp(LN(x))."""
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); `norm` is LayerNorm or RMSNorm."""
 
     num_heads: int
     mlp_dim: int
@@ -41,18 +42,24 @@ class DecoderBlock(nn.Module):
     attention_impl: str
     dtype: Any
     param_dtype: Any
+    num_kv_heads: int = 0
+    rope_theta: float = 10_000.0
+    norm: str = "layernorm"
+    mlp_kind: str = "plain"
 
     @nn.compact
     def __call__(
         self, x: jax.Array, positions: jax.Array, deterministic: bool, decode: bool
     ) -> jax.Array:
-        norm = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = LayerNorm(name="ln_attn", **norm)(x)
+        norm = (self.norm, self.use_bias, self.dtype, self.param_dtype)
+        h = norm_layer(*norm, "ln_attn")(x)
         x = x + MultiHeadAttention(
             num_heads=self.num_heads,
             max_len=self.max_len,
+            num_kv_heads=self.num_kv_heads,
             dropout=self.dropout,
             use_rope=self.use_rope,
+            rope_theta=self.rope_theta,
             use_bias=self.use_bias,
             out_init_std=self.out_init_std,
             attention_impl=self.attention_impl,
@@ -60,10 +67,11 @@ class DecoderBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="attn",
         )(h, positions, deterministic=deterministic, decode=decode)
-        h = LayerNorm(name="ln_mlp", **norm)(x)
+        h = norm_layer(*norm, "ln_mlp")(x)
         x = x + MLP(
             hidden_dim=self.mlp_dim,
             activation=self.activation,
+            kind=self.mlp_kind,
             dropout=self.dropout,
             use_bias=self.use_bias,
             out_init_std=self.out_init_std,
@@ -81,6 +89,11 @@ class DecoderLM(nn.Module):
     from where the previous one stopped, so a prompt can be fed whole and then one token at a time.
     `attention_impl` picks the attention kernel (models/layers.py ATTENTION_IMPLS) and `remat`
     what each block keeps for the backward pass (REMAT_POLICIES).
+
+    The defaults are GPT-2's block. A Llama-style decoder is options of the same model:
+    `norm="rmsnorm"`, `mlp="swiglu"`, `pos_encoding="rope"` with `rope_theta` (Llama 3: 500,000),
+    `num_kv_heads` below `num_heads` (grouped-query attention), `use_bias=False` and
+    `tie_embeddings=False` (or True, as Llama 3.2 1B/3B tie them).
     """
 
     vocab_size: int
@@ -96,6 +109,10 @@ class DecoderLM(nn.Module):
     activation: str = "gelu_tanh"
     attention_impl: str = "auto"
     remat: str = "none"
+    num_kv_heads: int = 0  # 0: num_heads (multi-head attention); fewer: grouped-query attention
+    rope_theta: float = 10_000.0  # RoPE's max timescale (pos_encoding="rope" only)
+    norm: str = "layernorm"  # layernorm | rmsnorm (models/layers.py NORMS)
+    mlp: str = "plain"  # plain | swiglu (models/layers.py MLP_KINDS)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -136,10 +153,14 @@ class DecoderLM(nn.Module):
                 attention_impl=self.attention_impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                num_kv_heads=self.num_kv_heads,
+                rope_theta=self.rope_theta,
+                norm=self.norm,
+                mlp_kind=self.mlp,
                 name=f"block_{layer}",
             )(x, positions, deterministic, decode)
         return next_token_logits(
-            x, embed, self.tie_embeddings, self.use_bias, self.dtype, self.param_dtype
+            x, embed, self.tie_embeddings, self.use_bias, self.dtype, self.param_dtype, self.norm
         )
 
     def _positions(self, batch: int, length: int, decode: bool) -> jax.Array:

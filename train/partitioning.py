@@ -28,6 +28,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query attention's key/value heads, split like `heads`
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("kv", None),
@@ -81,10 +82,35 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
     A dimension whose size the mesh axes do not divide (say a 65-character vocabulary over two
     tensor-parallel devices) is replicated instead of failing.
     """
+    _check_heads_divide(boxed_tree, mesh)
     specs = nn.get_partition_spec(boxed_tree)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
     shapes = nn.meta.unbox(boxed_tree)
     return jax.tree.map(lambda s, x: _divisible(s, x.shape, mesh), shardings, shapes)
+
+
+# Replicating attention heads the tensor axis does not divide would quietly turn tensor
+# parallelism off for attention: refused instead (a vocabulary of 65 may replicate).
+STRICT_AXES = ("heads", "kv_heads")
+
+
+def _check_heads_divide(boxed_tree: Any, mesh: Mesh) -> None:
+    rules = dict(LOGICAL_RULES)
+    is_box = lambda x: isinstance(x, nn.Partitioned)
+    for path, box in jax.tree_util.tree_flatten_with_path(boxed_tree, is_leaf=is_box)[0]:
+        if not is_box(box):
+            continue
+        for size, name in zip(box.value.shape, box.names, strict=False):
+            if name not in STRICT_AXES or rules.get(name) is None:
+                continue
+            axes = (rules[name],) if isinstance(rules[name], str) else tuple(rules[name])
+            ways = math.prod(mesh.shape[a] for a in axes)
+            if size % ways:
+                where = jax.tree_util.keystr(path)
+                raise UserError(
+                    f"mesh: {'x'.join(axes)}={ways} does not divide the {size} {name} of "
+                    f"{where}; allowed: a {'x'.join(axes)} size that divides {size}"
+                )
 
 
 def _divisible(sharding: NamedSharding, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:

@@ -60,5 +60,10 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
 def transformer_flops_per_token(
     num_params: int, num_layers: int, context: int, width: int
 ) -> float:
-    """Training FLOPs per token of a decoder Transformer: 6N for weights + 12 L T d attention."""
+    """Training FLOPs per token of a decoder Transformer: 6N for weights + 12 L T d attention.
+
+    N counts every weight as it is (SwiGLU's three MLP matrices, grouped-query attention's
+    narrower key/value projection). `width` d is that of the queries, num_heads x head_dim: the
+    scores and the weighted sum run over every query head, however few key/value heads they
+    share."""
     return 6.0 * num_params + 12.0 * num_layers * context * width

@@ -90,6 +90,12 @@ def build_model(
         activation=c.activation,
         attention_impl=attention_impl,
         remat=remat,
+        # Llama-style options (experiments/llama.py); runs saved before these keys existed
+        # lack them and keep GPT-2's block
+        num_kv_heads=c.get("num_kv_heads", 0),
+        rope_theta=c.get("rope_theta", 10_000.0),
+        norm=c.get("norm", "layernorm"),
+        mlp=c.get("mlp", "plain"),
         **dtypes,
     )
 
