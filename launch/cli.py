@@ -20,7 +20,7 @@ from launch.config import (
     read_config,
     split_config_args,
 )
-from launch.cpu_devices import split_cpu
+from launch.cpu_devices import plan_devices, split_cpu
 from train.errors import UserError
 from train.metadata import CONFIG_FILE
 
@@ -240,6 +240,35 @@ def _compare(args: argparse.Namespace, spec: str | None, overrides: dict[str, st
     return 0
 
 
+def _plan(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    """Compile the train step for `--topology` without its hardware (train/plan/)."""
+    if spec is None:
+        raise UserError("plan: --config experiments/NAME.py:VARIANT is required")
+    if args.hbm_gib is not None and args.hbm_gib <= 0:
+        raise UserError(f"--hbm_gib={args.hbm_gib} is not allowed; allowed: > 0")
+    config = config_from_args(spec, overrides)
+    plan_devices(args.topology)  # before jax starts
+    from train.plan import make_plan
+    from train.plan.report import text_report
+    from train.plan.targets import GIB, resolve
+
+    target = resolve(args.topology, args.device)
+    hbm = args.hbm_gib * GIB if args.hbm_gib is not None else None
+    plan = {"config": spec, "overrides": overrides, **make_plan(config, target, hbm)}
+    out = Path(args.out or f"runs/plans/{_plan_name(spec, args.topology)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(plan, indent=1) + "\n")
+    print(text_report(plan))
+    print(f"written: {out}")
+    return 0
+
+
+def _plan_name(spec: str, topology: str) -> str:
+    stem = Path(spec.split(":")[0]).stem
+    variant = spec.split(":")[1] if ":" in spec else "default"
+    return re.sub(r"[^\w.-]", "_", f"{stem}_{variant}_{topology}")
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="genlab", description="Train, evaluate and sample generative models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -339,6 +368,23 @@ def _parser() -> _Parser:
     ):
         sweep.add_argument(f"--{key}", type=kind, default=None, help="slurm resource")
     sweep.set_defaults(run=_sweep)
+
+    plan = sub.add_parser(
+        "plan", help="compile the train step for a TPU slice or N devices this machine lacks"
+    )
+    plan.add_argument(
+        "--topology",
+        required=True,
+        help="a TPU slice (v5p-256, v5e-256, v4-8, v6e-64; needs .[plan]) or cpu:N",
+    )
+    plan.add_argument(
+        "--device",
+        default=None,
+        help="device figures for cpu:N estimates (h100, h200, a100, v5p, ...)",
+    )
+    plan.add_argument("--hbm_gib", type=float, default=None, help="memory per device to fit in")
+    plan.add_argument("--out", default=None, help="JSON (default runs/plans/NAME.json)")
+    plan.set_defaults(run=_plan)
 
     comparison = sub.add_parser("compare", help="tables and plots across runs and sweeps")
     comparison.add_argument("dirs", nargs="+", help="run workdirs and/or sweep folders")

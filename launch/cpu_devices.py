@@ -51,3 +51,23 @@ def split_cpu(config: ml_collections.ConfigDict) -> None:
             )
         return
     jax.config.update("jax_num_cpu_devices", count)
+
+
+def plan_devices(topology: str) -> None:
+    """Before JAX starts, for `genlab plan`, which compiles on this host's CPU and runs
+    nothing: JAX must not claim a GPU or look for a TPU of its own, and `cpu:N` needs N XLA CPU
+    devices (a device count already in XLA_FLAGS is left alone)."""
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return
+    if not jax.config.jax_platforms:
+        jax.config.update("jax_platforms", "cpu")
+    count = topology.removeprefix("cpu:")
+    if (
+        topology.startswith("cpu:")
+        and count.isdigit()
+        and FLAG not in os.environ.get("XLA_FLAGS", "")
+    ):
+        jax.config.update("jax_num_cpu_devices", max(int(count), 1))

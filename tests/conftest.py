@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 # Must precede the first import of jax anywhere in the test session.
@@ -9,6 +10,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if importlib.util.find_spec("libtpu") is not None:  # .[plan]: compile for TPUs, never run on one
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests (and their subprocesses) compile the same tiny programs: they share a compilation
 # cache, private to this test session so that concurrent sessions never read each other's
 # half-written entries.

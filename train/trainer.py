@@ -45,10 +45,8 @@ def place_state(
     step: int | None = None,
 ) -> tuple[Any, Placement, int]:
     """Create the state already sharded, or restore a checkpoint (default newest) onto this mesh."""
-    rng = jax.random.key(seed)
-    boxed = jax.eval_shape(task.init_state, rng)
-    shardings = partitioning.logical_shardings(boxed, mesh)
-    placement = Placement(mesh, shardings, partitioning.batch_shardings(mesh, task.batch_axes))
+    boxed, placement = abstract_state(task, mesh, seed)
+    shardings = placement.state
     if checkpoints is not None and (step is not None or checkpoints.latest_step() is not None):
         target = abstract_with_shardings(nn.meta.unbox(boxed), shardings)
         state, restored = checkpoints.restore(target, step)
@@ -56,7 +54,31 @@ def place_state(
     # Traced without the logical rules: out_shardings alone place the state, and the rules would
     # constrain DenseGeneral's flat kernel before it is reshaped to its named shape.
     init = jax.jit(lambda r: nn.meta.unbox(task.init_state(r)), out_shardings=shardings)
-    return init(rng), placement, 0
+    return init(jax.random.key(seed)), placement, 0
+
+
+def abstract_state(task: Task, mesh: jax.sharding.Mesh, seed: int) -> tuple[Any, Placement]:
+    """The state's shapes, nothing allocated (logical-axis boxes kept), and where the state
+    and the batches live on `mesh`."""
+    boxed = jax.eval_shape(task.init_state, jax.random.key(seed))
+    shardings = partitioning.logical_shardings(boxed, mesh)
+    return boxed, Placement(mesh, shardings, partitioning.batch_shardings(mesh, task.batch_axes))
+
+
+def lower_train_step(
+    task: Task, placement: Placement, transfer: Transfer, state: Any, batch: Any
+) -> Any:
+    """The train step lowered for these shardings, state donated: what `genlab train` runs
+    and what `genlab plan` compiles for a machine it does not have (then `state` and `batch`
+    are abstract: ShapeDtypeStructs carrying their shardings)."""
+    with placement.active():
+        step = jax.jit(
+            transfer.wrap(task.train_step),
+            in_shardings=(placement.state, placement.batch),
+            out_shardings=(placement.state, partitioning.replicated(placement.mesh)),
+            donate_argnums=0,
+        )
+        return step.lower(state, batch)
 
 
 def jit_eval_step(task: Task, placement: Placement) -> Any:
@@ -237,19 +259,12 @@ class Trainer:
 
     def compile_steps(self, state: Any, placement: Placement) -> tuple[Any, Any, float]:
         """(train step compiled ahead of time with donated state, jitted eval step, seconds)."""
-        task = self.task
-        replicated = partitioning.replicated(placement.mesh)
-        example = partitioning.global_batch(task.train_batch(0), placement.batch)
+        example = partitioning.global_batch(self.task.train_batch(0), placement.batch)
         started = time.perf_counter()
+        train_step = lower_train_step(self.task, placement, self.transfer, state, example)
         with placement.active():
-            train_step = jax.jit(
-                self.transfer.wrap(task.train_step),
-                in_shardings=(placement.state, placement.batch),
-                out_shardings=(placement.state, replicated),
-                donate_argnums=0,
-            )
-            train_step = train_step.lower(state, example).compile()
-            eval_step = jit_eval_step(task, placement)
+            train_step = train_step.compile()
+            eval_step = jit_eval_step(self.task, placement)
         return train_step, eval_step, time.perf_counter() - started
 
     def _loop(

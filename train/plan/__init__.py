@@ -1,0 +1,189 @@
+"""`genlab plan`: compile the real train step for a machine this one is not, and say what it
+would cost there: memory per device, how every parameter is sharded, the collectives and their
+bytes, FLOPs, and a roofline step time and MFU.
+
+The step is the one `genlab train` runs (`train.trainer.lower_train_step`) on abstract inputs
+(`jax.eval_shape`), so nothing of the model is allocated. TPU slices are compiled by libtpu's own
+compiler against its description of the slice (`jax.experimental.topologies`); `cpu:N` compiles
+for N simulated XLA:CPU devices, whose memory figures are XLA:CPU's, not a GPU's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from train import partitioning
+from train.checkpoint import abstract_with_shardings
+from train.data.splits import TRAINING
+from train.plan import hlo
+from train.plan.targets import Target
+from train.tasks import build_task
+from train.transfer import Transfer
+
+__all__ = ["make_plan"]
+
+
+def make_plan(
+    config: ml_collections.ConfigDict, target: Target, hbm_bytes: float | None = None
+) -> dict[str, Any]:
+    """Compile the train step of `config` for `target` and report on it (see the module doc).
+    `hbm_bytes` replaces the device's memory size in the fit check."""
+    from models.layers import compiling_for
+    from train.trainer import abstract_state, lower_train_step
+
+    task = build_task(config, splits=TRAINING)  # one batch gives the inputs' shapes
+    mesh = partitioning.make_mesh(config.mesh, target.devices)
+    partitioning.check_batch_divides(config.train.batch_size, mesh, config.train.grad_accum)
+    boxed, placement = abstract_state(task, mesh, config.seed)
+    state = abstract_with_shardings(nn.meta.unbox(boxed), placement.state)
+    batch = {
+        name: jax.ShapeDtypeStruct(rows.shape, rows.dtype, sharding=placement.batch[name])
+        for name, rows in task.train_batch(0).items()
+    }
+    platform = target.devices[0].platform
+    started = time.perf_counter()
+    with compiling_for(platform):
+        compiled = lower_train_step(task, placement, Transfer(config), state, batch).compile()
+    compile_seconds = time.perf_counter() - started
+
+    devices = len(target.devices)
+    memory = _memory(compiled, state, batch, hbm_bytes or (target.spec and target.spec.hbm_bytes))
+    cost = _cost(compiled)
+    collectives = hlo.collectives(compiled.as_text(), devices)
+    unit, per_step = task.examples_per_step()
+    model_flops = task.flops_per_step(state)
+    report: dict[str, Any] = {
+        "topology": target.topology,
+        "devices": devices,
+        "device_kind": target.devices[0].device_kind,
+        "simulated": target.simulated,
+        "mesh": dict(mesh.shape),
+        "parameters": sum(x.size for x in jax.tree.leaves(state.params)),
+        f"{unit}_per_step": per_step,
+        "memory_per_device": memory,
+        "sharding": _sharding_table(boxed, state),
+        "collectives": [
+            {"kind": c.kind, "group": c.group, "count": c.count, "bytes": c.bytes}
+            for c in collectives
+        ],
+        "network_bytes_per_device_per_step": sum(c.count * c.bytes for c in collectives),
+        "flops": {
+            "compiled_per_device": cost.get("flops"),
+            "compiled_total": cost["flops"] * devices if "flops" in cost else None,
+            "model": model_flops,  # 6 N + 12 L T d per token for a Transformer LM
+        },
+        "hbm_bytes_accessed_per_device": cost.get("bytes accessed"),
+        "compile_seconds": round(compile_seconds, 2),
+    }
+    if target.spec is not None:
+        report["estimate"] = _roofline(target, cost, collectives, model_flops)
+    return report
+
+
+def _per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+    )
+
+
+def _memory(compiled: Any, state: Any, batch: Any, hbm_bytes: float | None) -> dict[str, Any]:
+    stats = compiled.memory_analysis()
+    arguments = int(stats.argument_size_in_bytes)
+    outputs = int(stats.output_size_in_bytes)
+    aliased = int(stats.alias_size_in_bytes)
+    temporaries = int(stats.temp_size_in_bytes)
+    # Donated state: outputs written over their inputs are not counted twice.
+    peak = arguments + outputs - aliased + temporaries + int(stats.generated_code_size_in_bytes)
+    memory: dict[str, Any] = {
+        "parameters": _per_device_bytes(state.params),
+        "optimizer_state": _per_device_bytes(state.opt_state),
+        "batch": _per_device_bytes(batch),
+        "arguments": arguments,
+        "outputs": outputs,
+        "aliased": aliased,
+        "activations_and_temporaries": temporaries,
+        "code": int(stats.generated_code_size_in_bytes),
+        "peak": peak,
+        "hbm": hbm_bytes,
+    }
+    if hbm_bytes:
+        memory["fits"] = peak <= hbm_bytes
+        memory["shortfall"] = max(0, peak - int(hbm_bytes))
+    return memory
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    return {k: float(v) for k, v in (cost or {}).items() if k in ("flops", "bytes accessed")}
+
+
+def _sharding_table(boxed: Any, state: Any) -> list[dict[str, Any]]:
+    """Every parameter: its shape, logical axes, the mesh axes they map to, per-device shape."""
+    is_box = lambda x: isinstance(x, nn.Partitioned)
+    boxes = jax.tree_util.tree_flatten_with_path(boxed.params, is_leaf=is_box)[0]
+    leaves = jax.tree.leaves(state.params)
+    rows = []
+    for (path, box), leaf in zip(boxes, leaves, strict=True):
+        names = tuple(box.names) if is_box(box) else ()
+        rows.append(
+            {
+                "path": "/".join(_key(k) for k in path),
+                "shape": list(leaf.shape),
+                "logical": list(names) + [None] * (leaf.ndim - len(names)),
+                "mesh": [_axes(a) for a in _padded(leaf.sharding.spec, leaf.ndim)],
+                "per_device": list(leaf.sharding.shard_shape(leaf.shape)),
+            }
+        )
+    return rows
+
+
+def _key(k: Any) -> str:
+    return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+
+def _padded(spec: Any, ndim: int) -> list[Any]:
+    return list(spec) + [None] * (ndim - len(spec))
+
+
+def _axes(entry: Any) -> str | None:
+    if entry is None:
+        return None
+    return entry if isinstance(entry, str) else "+".join(entry)
+
+
+def _roofline(
+    target: Target, cost: dict[str, float], collectives: list[hlo.Collective], model_flops: Any
+) -> dict[str, Any]:
+    """Lower bounds on the step time from each resource of one device: its peak FLOP/s, its HBM
+    bandwidth and its link bandwidth (ring collectives). Overlapped perfectly, the step takes the
+    largest; run one after another, their sum. MFU is the model's FLOPs over that time."""
+    spec = target.spec
+    assert spec is not None
+    devices = len(target.devices)
+    compute = cost.get("flops", 0.0) / spec.peak_flops
+    memory = cost.get("bytes accessed", 0.0) / spec.hbm_bandwidth
+    network = sum(c.count * hlo.ring_seconds(c, spec.network) for c in collectives)
+    overlapped = max(compute, memory, network)
+    serial = compute + memory + network
+    estimate: dict[str, Any] = {
+        "device": spec.name,
+        "source": spec.source,
+        "compute_seconds": compute,
+        "hbm_seconds": memory,
+        "network_seconds": network,
+        "step_seconds_overlapped": overlapped,
+        "step_seconds_serial": serial,
+    }
+    if model_flops and overlapped > 0:
+        estimate["mfu_overlapped"] = model_flops / (overlapped * spec.peak_flops * devices)
+        estimate["mfu_serial"] = model_flops / (serial * spec.peak_flops * devices)
+    return estimate
