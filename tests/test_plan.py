@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import genlab
+from conftest import DATA, genlab
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments import gpt2_synthetic
@@ -57,6 +57,21 @@ def test_parameter_bytes_per_device_fall_as_one_over_fsdp():
     for devices in (2, 4, 8):
         share = plan_for(fsdp=devices)["memory_per_device"]["parameters"]
         assert abs(share * devices / whole - 1) < 0.10, (devices, share, whole)
+
+
+def test_any_family_plans_through_the_same_step(tmp_path):
+    out = tmp_path / "gan.json"
+    result = genlab(
+        "plan", "--config", "experiments/gan_mnist.py:test", "--topology", "cpu:8",
+        f"--config.data.path={DATA / 'mnist'}", "--config.mesh.data=-1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(out.read_text())
+    memory = plan["memory_per_device"]
+    # Both networks' weights count as parameters, both Adams' moments as optimizer state.
+    assert memory["optimizer_state"] >= 2 * memory["parameters"] > 0
+    paths = {row["path"].split("/")[0] for row in plan["sharding"]}
+    assert paths == {"generator", "discriminator"}
 
 
 def test_collectives_inside_loops_count_once_per_iteration():

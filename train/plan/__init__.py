@@ -64,7 +64,7 @@ def make_plan(
         "device_kind": target.devices[0].device_kind,
         "simulated": target.simulated,
         "mesh": dict(mesh.shape),
-        "parameters": sum(x.size for x in jax.tree.leaves(state.params)),
+        "parameters": sum(x.size for x in _part(state, "parameters")),
         f"{unit}_per_step": per_step,
         "memory_per_device": memory,
         "sharding": _sharding_table(boxed, state),
@@ -86,11 +86,30 @@ def make_plan(
     return report
 
 
-def _per_device_bytes(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
-    return sum(
-        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
-    )
+def _role(path: tuple) -> str:
+    """What a leaf of a train state is, from the field names on its path: every family keeps
+    its trained weights under `params` and its optimizer's under `opt_state` (the GAN has two
+    of each; an EMA copy is `ema_params`)."""
+    names = {_key(k) for k in path}
+    if "opt_state" in names:
+        return "optimizer_state"
+    if "ema_params" in names:
+        return "ema"
+    return "parameters" if "params" in names else "other"
+
+
+def _leaves_with_roles(tree: Any, is_leaf: Any = None) -> list[tuple[tuple, str, Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+    return [(path, _role(path), leaf) for path, leaf in flat]
+
+
+def _part(state: Any, role: str) -> list[Any]:
+    return [leaf for _, r, leaf in _leaves_with_roles(state) if r == role]
+
+
+def _per_device_bytes(leaves: list[Any]) -> int:
+    """Bytes one device holds of sharded ShapeDtypeStructs."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
 
 
 def _memory(compiled: Any, state: Any, batch: Any, hbm_bytes: float | None) -> dict[str, Any]:
@@ -102,9 +121,10 @@ def _memory(compiled: Any, state: Any, batch: Any, hbm_bytes: float | None) -> d
     # Donated state: outputs written over their inputs are not counted twice.
     peak = arguments + outputs - aliased + temporaries + int(stats.generated_code_size_in_bytes)
     memory: dict[str, Any] = {
-        "parameters": _per_device_bytes(state.params),
-        "optimizer_state": _per_device_bytes(state.opt_state),
-        "batch": _per_device_bytes(batch),
+        "parameters": _per_device_bytes(_part(state, "parameters")),
+        "optimizer_state": _per_device_bytes(_part(state, "optimizer_state")),
+        "ema_and_other_state": _per_device_bytes(_part(state, "ema") + _part(state, "other")),
+        "batch": _per_device_bytes(jax.tree.leaves(batch)),
         "arguments": arguments,
         "outputs": outputs,
         "aliased": aliased,
@@ -129,14 +149,16 @@ def _cost(compiled: Any) -> dict[str, float]:
 def _sharding_table(boxed: Any, state: Any) -> list[dict[str, Any]]:
     """Every parameter: its shape, logical axes, the mesh axes they map to, per-device shape."""
     is_box = lambda x: isinstance(x, nn.Partitioned)
-    boxes = jax.tree_util.tree_flatten_with_path(boxed.params, is_leaf=is_box)[0]
-    leaves = jax.tree.leaves(state.params)
+    boxes = _leaves_with_roles(boxed, is_leaf=is_box)
+    leaves = jax.tree.leaves(state)
     rows = []
-    for (path, box), leaf in zip(boxes, leaves, strict=True):
+    for (path, role, box), leaf in zip(boxes, leaves, strict=True):
+        if role != "parameters":
+            continue
         names = tuple(box.names) if is_box(box) else ()
         rows.append(
             {
-                "path": "/".join(_key(k) for k in path),
+                "path": "/".join(_key(k) for k in path if _key(k) != "params"),
                 "shape": list(leaf.shape),
                 "logical": list(names) + [None] * (leaf.ndim - len(names)),
                 "mesh": [_axes(a) for a in _padded(leaf.sharding.spec, leaf.ndim)],

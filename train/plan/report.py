@@ -48,7 +48,7 @@ def text_report(plan: dict[str, Any]) -> str:
         model = f"{flops['model']:.3g}" if flops["model"] else "-"
         lines.append(
             f"FLOPs per step: compiled {flops['compiled_total']:.3g} "
-            f"({flops['compiled_per_device']:.3g} per device); model (6N + 12LTd) {model}"
+            f"({flops['compiled_per_device']:.3g} per device); the task's model count {model}"
         )
     if plan["collectives"]:
         by_kind: dict[str, list[float]] = {}
