@@ -21,6 +21,7 @@ import ml_collections
 from train import partitioning
 from train.checkpoint import abstract_with_shardings
 from train.data.splits import TRAINING
+from train.errors import UserError
 from train.plan import hlo
 from train.plan.targets import Target
 from train.tasks import build_task
@@ -49,7 +50,14 @@ def make_plan(
     platform = target.devices[0].platform
     started = time.perf_counter()
     with compiling_for(platform):
-        compiled = lower_train_step(task, placement, Transfer(config), state, batch).compile()
+        lowered = lower_train_step(task, placement, Transfer(config), state, batch)
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as error:  # the target's compiler refused the step
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            first = lines[0] if lines else type(error).__name__
+            where = f"--topology={target.topology}"
+            raise UserError(f"{where}: the compiler refused the step: {first}") from None
     compile_seconds = time.perf_counter() - started
 
     devices = len(target.devices)
