@@ -38,6 +38,22 @@ REFERENCES: tuple[Reference, ...] = (
         "karpathy/nanoGPT README",
     ),
     Reference(
+        "nanoGPT GPT-2 124M from scratch (600k iters, 8xA100, ~4 days)",
+        "openwebtext",
+        "eval/loss",
+        2.85,
+        "karpathy/nanoGPT README, config/train_gpt2.py",
+        "'~2.85'; val = 0.05% of documents (seed 2357), GPT-2 BPE",
+    ),
+    Reference(
+        "OpenAI GPT-2 124M checkpoint, evaluated on OpenWebText",
+        "openwebtext",
+        "eval/loss",
+        3.12,
+        "karpathy/nanoGPT README, baselines table",
+        "trained on WebText, not OWT (domain gap)",
+    ),
+    Reference(
         "VAE, 1 stochastic layer, k=1 (Burda et al. 2015, Table 1)",
         "binarized_mnist",
         "eval/nll",

@@ -1,4 +1,4 @@
-"""`genlab train | eval | sample`: the command line over the trainer.
+"""`genlab train | eval | sample | prepare | ...`: the command line over the trainer.
 
 Every mistake in the user's input ends as one line on stderr and exit code 2.
 """
@@ -263,6 +263,27 @@ def _plan(args: argparse.Namespace, spec: str | None, overrides: dict[str, str])
     return 0
 
 
+def _prepare(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
+    """Tokenize the corpus `data.prepare` names into token shards in `--out` (train/data/)."""
+    if spec is None:
+        raise UserError("prepare: --config experiments/NAME.py:VARIANT is required")
+    config = config_from_args(spec, overrides)
+    from train.data.prepare import prepare
+
+    out = Path(args.out)
+    manifest, done_before = prepare(config, out)
+    splits = manifest["splits"]
+    counts = ", ".join(
+        f"{name}: {s['tokens']:,} tokens, {len(s['shards'])} shards, {s['documents']:,} documents"
+        for name, s in splits.items()
+    )
+    if done_before:
+        print(f"{out} is done already ({counts}); nothing to do")
+    else:
+        print(f"wrote {out} in {manifest['seconds']} s ({counts}; {manifest['dtype']})")
+    return 0
+
+
 def _plan_name(spec: str, topology: str) -> str:
     stem = Path(spec.split(":")[0]).stem
     variant = spec.split(":")[1] if ":" in spec else "default"
@@ -385,6 +406,12 @@ def _parser() -> _Parser:
     plan.add_argument("--hbm_gib", type=float, default=None, help="memory per device to fit in")
     plan.add_argument("--out", default=None, help="JSON (default runs/plans/NAME.json)")
     plan.set_defaults(run=_plan)
+
+    prep = sub.add_parser(
+        "prepare", help="tokenize a corpus into token shards for data.source=shards"
+    )
+    prep.add_argument("--out", required=True, help="folder of the shards and their manifest")
+    prep.set_defaults(run=_prepare)
 
     comparison = sub.add_parser("compare", help="tables and plots across runs and sweeps")
     comparison.add_argument("dirs", nargs="+", help="run workdirs and/or sweep folders")

@@ -15,7 +15,7 @@ every time.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -122,9 +122,9 @@ class SubwordTokenizer:
         )
 
     @classmethod
-    def fit(cls, text: str | Sequence[str], vocab_size: int = 0) -> SubwordTokenizer:
+    def fit(cls, text: str | Iterable[str], vocab_size: int = 0) -> SubwordTokenizer:
         """Learn `vocab_size` entries (0: a default of 1024; specials and bytes included) from
-        one long text or a sequence of texts (e.g. sentences)."""
+        one long text or texts (e.g. sentences, or documents streamed from a corpus)."""
         vocab_size = vocab_size or DEFAULT_SUBWORD_VOCAB
         check_settings(cls.kind, vocab_size)
         trainer = trainers.BpeTrainer(
@@ -155,7 +155,7 @@ class SubwordTokenizer:
         return json.loads(self.hf.to_str())
 
 
-def _pieces(text: str | Sequence[str], lines_per_piece: int = 1000) -> Iterator[str]:
+def _pieces(text: str | Iterable[str], lines_per_piece: int = 1000) -> Iterator[str]:
     """Training input in pieces of whole lines, so a long corpus never is one huge string."""
     if not isinstance(text, str):
         yield from text
@@ -181,9 +181,9 @@ def check_settings(kind: str, vocab_size: int = 0) -> None:
         )
 
 
-def fit_tokenizer(kind: str, text: str | Sequence[str], vocab_size: int = 0) -> Tokenizer:
-    """A tokenizer of `kind` trained on `text` (one string, or a sequence of strings such as
-    sentences); `bpe` learns `vocab_size` entries (0: 1024)."""
+def fit_tokenizer(kind: str, text: str | Iterable[str], vocab_size: int = 0) -> Tokenizer:
+    """A tokenizer of `kind` trained on `text` (one string, or strings such as sentences or a
+    corpus's documents, which may be streamed); `bpe` learns `vocab_size` entries (0: 1024)."""
     check_settings(kind, vocab_size)
     if kind == "char":
         return CharTokenizer.fit(text if isinstance(text, str) else "".join(text), vocab_size)
@@ -202,15 +202,25 @@ def load_tokenizer(directory: Path, setting: str = "") -> Tokenizer:
         where = f"{setting}: {directory}" if setting else str(directory)
         problem = "holds no " + TOKENIZER_FILE if directory.is_dir() else "is no folder"
         raise UserError(f"{where} {problem}; give the workdir of a text (LM or seq2seq) run")
-    text = path.read_text()
-    spec = json.loads(text)
+    return read_tokenizer_file(path)
+
+
+def read_tokenizer_file(path: Path, setting: str = "") -> Tokenizer:
+    """A tokenizer file: genlab's char vocabulary or any HF `tokenizer.json` with a BPE model
+    (GPT-2's among them). `setting` names the config key that gave the path, for errors."""
+    where = setting or str(path)
+    try:
+        text = path.read_text()
+        spec = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{where}: not a readable tokenizer JSON file ({error})") from None
     if spec.get("kind") == "char":
         return CharTokenizer(spec["chars"])
     if spec.get("model", {}).get("type") == "BPE":  # an HF tokenizer.json
         return SubwordTokenizer(hf.Tokenizer.from_str(text))
     kind = spec.get("kind", spec.get("model", {}).get("type"))
     raise UserError(
-        f"{path}: unknown tokenizer kind {kind!r}; allowed: {', '.join(TOKENIZER_KINDS)}"
+        f"{where}: unknown tokenizer kind {kind!r}; allowed: {', '.join(TOKENIZER_KINDS)}"
     )
 
 
