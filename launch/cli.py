@@ -21,6 +21,7 @@ from launch.config import (
     split_config_args,
 )
 from launch.cpu_devices import plan_devices, split_cpu
+from launch.rate import add_rate_parser
 from train.errors import UserError
 from train.metadata import CONFIG_FILE
 
@@ -235,7 +236,8 @@ def _sweep(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]
 def _compare(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]) -> int:
     from launch.compare import compare
 
-    for path in compare(args.dirs, args.metric, Path(args.out)):
+    ratings = Path(args.ratings) if args.ratings else None
+    for path in compare(args.dirs, args.metric, Path(args.out), ratings):
         print(path)
     return 0
 
@@ -414,7 +416,12 @@ def _parser() -> _Parser:
     prep.set_defaults(run=_prepare)
 
     comparison = sub.add_parser("compare", help="tables and plots across runs and sweeps")
-    comparison.add_argument("dirs", nargs="+", help="run workdirs and/or sweep folders")
+    comparison.add_argument(
+        "dirs", nargs="*", help="run workdirs and/or sweep folders (default: the rated runs)"
+    )
+    comparison.add_argument(
+        "--ratings", default=None, help="a genlab rate store: add win rates and Bradley-Terry"
+    )
     comparison.add_argument(
         "--metric",
         action="append",
@@ -423,6 +430,8 @@ def _parser() -> _Parser:
     )
     comparison.add_argument("--out", default="report")
     comparison.set_defaults(run=_compare)
+
+    add_rate_parser(sub)
     return parser
 
 

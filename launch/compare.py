@@ -2,7 +2,9 @@
 
 Rows hold each run's config differences, the final and best value of each metric, the last step,
 wall time and throughput; published numbers from `experiments/references.py` are added as extra
-rows where dataset and metric match (and the evaluated split, for split-specific ones).
+rows where dataset and metric match (and the evaluated split, for split-specific ones). With
+`--ratings STORE` (judgements from `genlab rate`), each run also gets its win rate with a 95%
+interval and its Bradley–Terry score among the compared runs.
 """
 
 from __future__ import annotations
@@ -131,10 +133,69 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", "\\n")  # one Markdown row per run
 
 
+def add_ratings(rows: list[dict[str, Any]], runs: list[RunRecord], store_path: Path) -> str:
+    """Win rates and Bradley–Terry scores from a `genlab rate` store, added to the runs' rows
+    (judgements between the compared runs only); returns a sentence saying how they were made."""
+    from launch.rate.stats import Game, groups, summary
+    from launch.rate.store import Store
+
+    judgements = Store(store_path, create=False, flag="--ratings").judgements()
+    if not judgements:
+        raise UserError(f"--ratings {store_path}: holds no judgements yet (genlab rate fills it)")
+    keys = [str(run.workdir.resolve()) for run in runs]
+    share = {"left": 1.0, "right": 0.0, "tie": 0.5}
+    games = [
+        Game(j.left_run, j.right_run, share[j.choice])
+        for j in judgements
+        if j.left_run in keys and j.right_run in keys
+    ]
+    if not games:
+        rated = sorted({Path(r).name for j in judgements for r in (j.left_run, j.right_run)})
+        raise UserError(
+            f"--ratings {store_path}: no judgement is between two of the compared runs; "
+            f"rated runs: {', '.join(rated)}"
+        )
+    table = summary(keys, games)
+    for row, key in zip(rows, keys, strict=False):  # the runs' rows come first, in order
+        row.update(table[key])
+    raters = len({j.rater for j in judgements})
+    left_out = len(judgements) - len(games)
+    linked = groups(keys, games)
+    return (
+        f"Ratings: {len(games)} blind pairwise judgements from {store_path} ({raters} "
+        f"rater{'s' * (raters != 1)}"
+        + (f"; {left_out} involving runs not compared here left out" if left_out else "")
+        + "). Win rate counts a tie as half a win, with a 95% Wilson interval; the "
+        "Bradley–Terry score is each run's fitted log-strength (ties as half wins, mean 0): "
+        "run i beats run j with probability 1 / (1 + exp(s_j - s_i))."
+        + (
+            f" The judgements link the runs in {len(linked)} separate groups (runs never "
+            "compared, directly or through others): compare scores only within a group."
+            if len(linked) > 1
+            else ""
+        )
+    )
+
+
+def rated_workdirs(store_path: Path) -> list[str]:
+    """The runs a ratings store has judgements of, for `compare --ratings` without folders."""
+    from launch.rate.store import Store
+
+    judgements = Store(store_path, create=False, flag="--ratings").judgements()
+    if not judgements:
+        raise UserError(f"--ratings {store_path}: holds no judgements yet (genlab rate fills it)")
+    return sorted({r for j in judgements for r in (j.left_run, j.right_run)})
+
+
 def write_reports(
-    rows: list[dict[str, Any]], runs: list[RunRecord], metrics: list[str], out: Path
+    rows: list[dict[str, Any]],
+    runs: list[RunRecord],
+    metrics: list[str],
+    out: Path,
+    notes: list[str] | None = None,
 ) -> list[Path]:
-    """compare.md, compare.csv and one PNG per metric; returns the files written."""
+    """compare.md (the table, then `notes`), compare.csv and one PNG per metric; returns the
+    files written."""
     out.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (out / "compare.csv").open("w", newline="") as f:
@@ -143,6 +204,7 @@ def write_reports(
         writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += [f"\n{note}" for note in notes or []]
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     written = [out / "compare.md", out / "compare.csv"]
     written += [plot_metric(runs, metric, out) for metric in metrics]
@@ -175,12 +237,19 @@ def plot_metric(runs: list[RunRecord], metric: str, out: Path) -> Path:
     return path
 
 
-def compare(paths: list[str], metrics: list[str] | None, out: Path) -> list[Path]:
-    runs = find_runs(paths)
-    metrics = list(metrics or DEFAULT_METRICS)
+def compare(
+    paths: list[str], metrics: list[str] | None, out: Path, ratings: Path | None = None
+) -> list[Path]:
+    if not paths and ratings is None:
+        raise UserError("compare: name run workdirs or sweep folders (or --ratings STORE)")
+    runs = find_runs(paths or rated_workdirs(ratings))
     known = {k for run in runs for r in run.records for k in r}
+    if not metrics:  # with ratings, runs that never logged eval/loss (GANs) are fine
+        metrics = [m for m in DEFAULT_METRICS if ratings is None or m in known]
     unknown = [m for m in metrics if m not in known]
     if unknown:
         allowed = sorted(k for k in known if "/" in k)
         raise UserError(f"--metric {unknown[0]}: no run logged it; logged: {', '.join(allowed)}")
-    return write_reports(build_table(runs, metrics), runs, metrics, out)
+    rows = build_table(runs, metrics)
+    notes = [add_ratings(rows, runs, ratings)] if ratings is not None else []
+    return write_reports(rows, runs, metrics, out, notes)
