@@ -60,6 +60,9 @@ def plan_devices(topology: str) -> None:
     import jax
     from jax._src import xla_bridge
 
+    # libtpu locks /tmp/libtpu_lockfile for the process that drives a host's TPU; a plan drives
+    # none, so concurrent plans (and test runs) need not wait for each other.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if xla_bridge.backends_are_initialized():
         return
     if not jax.config.jax_platforms:
