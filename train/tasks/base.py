@@ -86,8 +86,14 @@ class Task(abc.ABC):
 
 
 class ImageTask(Task, ReferenceImages):
-    """What the image families share: throughput in images and the dataset's images as the FID
-    reference."""
+    """What the image families share: batches of weighted, labelled images, throughput in
+    images, and the dataset's images as the FID reference."""
+
+    batch_axes: ClassVar = {
+        "image": ("batch", None, None, None),
+        "label": ("batch",),
+        "weight": ("batch",),
+    }
 
     def examples_per_step(self) -> tuple[str, float]:
         return "images", float(self.config.train.batch_size)

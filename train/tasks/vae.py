@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -91,12 +91,6 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 class Task(base.ImageTask, ImageSampler, SampleWriter):
-    batch_axes: ClassVar = {
-        "image": ("batch", None, None, None),
-        "label": ("batch",),
-        "weight": ("batch",),
-    }
-
     def __init__(
         self, config: ml_collections.ConfigDict, data: ImageData, workdir: Path | None = None
     ):

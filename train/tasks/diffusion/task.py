@@ -9,7 +9,7 @@ import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -85,12 +85,6 @@ def build_model(c: ml_collections.ConfigDict, timesteps: int, image_shape: tuple
 
 
 class Task(base.ImageTask, ImageSampler, SampleWriter):
-    batch_axes: ClassVar = {
-        "image": ("batch", None, None, None),
-        "label": ("batch",),
-        "weight": ("batch",),
-    }
-
     def __init__(
         self, config: ml_collections.ConfigDict, data: ImageData, workdir: Path | None = None
     ):
