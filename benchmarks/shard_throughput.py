@@ -11,6 +11,10 @@ first with the shards evicted from the page cache (`posix_fadvise(DONTNEED)`: a 
 cold disk), then with them cached (every later step of a corpus that fits the host's RAM). It does
 so for shards of 100M tokens (the 124m config's: 2 shards) and of 2.5M (80 shards, as many as
 OpenWebText makes at 100M, since each batch maps every shard it reads).
+Then it trains the small `test` model (block 256, 20 steps) once on a 2M-token corpus and once
+on the full one and compares the two runs' peak resident memory: the corpus must not add to it
+(the issue's bound: under 1 GiB beyond the model's). `--training_only` adds just that check to
+an existing result.
 Memory comes from /proc/self/status before and after: `RssAnon` (what the process itself holds)
 and `RssFile` (pages of files it maps at that moment), plus the peak (ru_maxrss).
 The target: 20x the ~500k tokens/s that one H100 trains GPT-2 small on (the README's H200 figure
@@ -168,6 +172,48 @@ def measure_layout(args: argparse.Namespace, shard_tokens: int) -> dict:
     return layout
 
 
+def train_peak_rss(corpus: Path, workdir: Path) -> dict:
+    """Peak resident memory (MiB) of a short `genlab train` of the small `test` model on
+    `corpus`, read from the child's own rusage: what the data path adds to the model's."""
+    import subprocess
+
+    command = [
+        sys.executable, "-m", "launch.cli", "train",
+        "--config", "experiments/openwebtext_gpt2.py:test", "--workdir", str(workdir),
+        f"--config.data.path={corpus}", "--config.data.vocab_size=50304",
+        "--config.data.block_size=256", "--config.train.steps=20",
+        "--config.train.eval_every=20", "--config.train.checkpoint_every=20",
+        "--config.evals.samples.every=-1",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    if status:
+        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr.read().decode()[-2000:]}")
+    return {
+        "corpus_train_tokens": sum(
+            s["tokens"]
+            for s in json.loads((corpus / "manifest.json").read_text())["splits"]["train"]["shards"]
+        ),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def measure_training(args: argparse.Namespace) -> dict:
+    """The same short run on a 2M-token corpus and on the full one: host memory must not grow
+    with the corpus (the issue: under 1 GiB beyond the model's)."""
+    with tempfile.TemporaryDirectory(dir=args.tmp, prefix="genlab-train-") as tmp:
+        runs = {}
+        for name, tokens in (("small_corpus", 2_000_000), ("full_corpus", args.tokens)):
+            corpus = Path(tmp) / name
+            corpus.mkdir()
+            write_corpus(corpus, tokens, 100_000_000, seed=1)
+            runs[name] = train_peak_rss(corpus, Path(tmp) / f"run_{name}")
+        growth = runs["full_corpus"]["peak_rss_mib"] - runs["small_corpus"]["peak_rss_mib"]
+        return {**runs, "growth_mib": round(growth, 1), "under_1_gib": growth < 1024}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=200_000_000, help="training tokens")
@@ -180,6 +226,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="batches per measurement")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/shard_throughput.json"))
     parser.add_argument("--tmp", default=None, help="where the corpus goes (default: $TMPDIR)")
+    parser.add_argument(
+        "--training_only",
+        action="store_true",
+        help="only the training memory check; merged into an existing --out",
+    )
     args = parser.parse_args()
     if args.tokens < 200_000_000:
         raise SystemExit(f"--tokens={args.tokens}: at least 200,000,000 (the issue's size)")
@@ -187,9 +238,17 @@ def main() -> None:
     from experiments.openwebtext_gpt2 import get_config
     from train.metadata import collect, cpu_name
 
+    if args.training_only:  # add the training memory check to a finished result
+        out = Path(args.out)
+        result = json.loads(out.read_text())
+        result["training"] = measure_training(args)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["training"], indent=2))
+        return
     config = get_config("124m")
     load_before = os.getloadavg()
     layouts = [measure_layout(args, int(n)) for n in args.shard_tokens.split(",")]
+    training = measure_training(args)
     need = H100_GPT2_TOKENS_PER_S * TARGET_FACTOR
     slowest = {
         kind: min(layout["1_host"][kind]["tokens_per_s"] for layout in layouts)
@@ -206,6 +265,7 @@ def main() -> None:
         "memory_means": "MiB from /proc/self/status: RssAnon is the process's own memory, "
         "RssFile the file pages it maps right now; peak_rss is ru_maxrss",
         "layouts": layouts,
+        "training": training,
         "target": {
             "h100_gpt2_small_tokens_per_s": H100_GPT2_TOKENS_PER_S,
             "factor": TARGET_FACTOR,
