@@ -54,6 +54,18 @@ def plan(name: str, spec: str, topology: str, flags: list[str]) -> dict[str, Any
 
 def summary(plan_: dict[str, Any]) -> dict[str, Any]:
     m, e = plan_["memory_per_device"], plan_.get("estimate", {})
+    if plan_["flops"] is None:  # the compiler refused it for lack of memory
+        return {
+            "parameters": plan_["parameters"],
+            "mesh": plan_["mesh"],
+            "params_gib": m["parameters"] / GIB,
+            "optimizer_gib": m["optimizer_state"] / GIB,
+            "temporaries_gib": m["activations_and_temporaries"] / GIB,
+            "shortfall_gib": m["shortfall"] / GIB,
+            "fits": False,
+            "compiler_message": m["compiler_message"],
+            "simulated": plan_["simulated"],
+        }
     return {
         "parameters": plan_["parameters"],
         "mesh": plan_["mesh"],
@@ -83,6 +95,13 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
+        if "compiler_message" in r:
+            lines.append(
+                f"| {name} | {r['params_gib']:.3f} | {r['optimizer_gib']:.3f} | "
+                f"{r['temporaries_gib']:.2f} | - | no: short by {r['shortfall_gib']:.1f} | "
+                "- | - | - | - |"
+            )
+            continue
         ratio = r["compiled_flops"] / r["model_flops"] if r["model_flops"] else float("nan")
         step = f"{r['step_s_overlapped']:.2f}-{r['step_s_serial']:.2f}"
         mfu = f"{r['mfu_serial']:.0%}-{r['mfu_overlapped']:.0%}"

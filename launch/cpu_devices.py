@@ -61,8 +61,13 @@ def plan_devices(topology: str) -> None:
     from jax._src import xla_bridge
 
     # libtpu locks /tmp/libtpu_lockfile for the process that drives a host's TPU; a plan drives
-    # none, so concurrent plans (and test runs) need not wait for each other.
+    # none, so concurrent plans (and test runs) need not wait for each other. Off a TPU VM it
+    # also asks the metadata server what it runs on and warns on stderr; say it instead.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if not topology.startswith("cpu:"):
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology)
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     if xla_bridge.backends_are_initialized():
         return
     if not jax.config.jax_platforms:

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments import gpt2_synthetic
 from train.errors import UserError
-from train.plan import hlo, make_plan
+from train.plan import _refused, hlo, make_plan
 from train.plan.targets import GIB, resolve, tpu_topology_name
 
 GPT_TEST = "experiments/gpt2_synthetic.py:test"
@@ -139,6 +139,19 @@ def test_bad_plans_are_one_line(flags, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_compiler_refusing_for_memory_gives_a_plan_that_does_not_fit():
+    report = {"topology": "v5p-256", "memory_per_device": {"parameters": 1, "hbm": 95 * GIB}}
+    message = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (110.04G) exceeds available HBM (95.74G).\nmore detail"
+    )
+    memory = _refused(report, message, 95 * GIB, 1.0)["memory_per_device"]
+    assert memory["fits"] is False and memory["peak"] is None
+    assert memory["shortfall"] == pytest.approx((110.04 - 95.74) * GIB, rel=1e-6)
+    with pytest.raises(UserError, match="the compiler refused the step: INTERNAL: no"):
+        _refused(report, "INTERNAL: no\nmore", 95 * GIB, 1.0)
 
 
 def test_tpu_slice_names_map_to_libtpu_chip_grids():

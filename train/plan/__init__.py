@@ -11,6 +11,7 @@ for N simulated XLA:CPU devices, whose memory figures are XLA:CPU's, not a GPU's
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
@@ -48,49 +49,91 @@ def make_plan(
         for name, rows in task.train_batch(0).items()
     }
     platform = target.devices[0].platform
+    hbm_bytes = hbm_bytes or (target.spec.hbm_bytes if target.spec else None)
+    unit, per_step = task.examples_per_step()
+    report: dict[str, Any] = {
+        "topology": target.topology,
+        "devices": len(target.devices),
+        "device_kind": target.devices[0].device_kind,
+        "simulated": target.simulated,
+        "mesh": dict(mesh.shape),
+        "parameters": sum(x.size for x in _part(state, "parameters")),
+        f"{unit}_per_step": per_step,
+        "memory_per_device": _state_memory(state, batch, hbm_bytes),
+        "sharding": _sharding_table(boxed, state),
+    }
     started = time.perf_counter()
     with compiling_for(platform):
         lowered = lower_train_step(task, placement, Transfer(config), state, batch)
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as error:  # the target's compiler refused the step
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            first = lines[0] if lines else type(error).__name__
-            where = f"--topology={target.topology}"
-            raise UserError(f"{where}: the compiler refused the step: {first}") from None
-    compile_seconds = time.perf_counter() - started
-
-    devices = len(target.devices)
-    memory = _memory(compiled, state, batch, hbm_bytes or (target.spec and target.spec.hbm_bytes))
+            return _refused(report, str(error), hbm_bytes, time.perf_counter() - started)
+    report["compile_seconds"] = round(time.perf_counter() - started, 2)
+    report["memory_per_device"].update(_compiled_memory(compiled, hbm_bytes))
     cost = _cost(compiled)
-    collectives = hlo.collectives(compiled.as_text(), devices)
-    unit, per_step = task.examples_per_step()
+    collectives = hlo.collectives(compiled.as_text(), len(target.devices))
     model_flops = task.flops_per_step(state)
-    report: dict[str, Any] = {
-        "topology": target.topology,
-        "devices": devices,
-        "device_kind": target.devices[0].device_kind,
-        "simulated": target.simulated,
-        "mesh": dict(mesh.shape),
-        "parameters": sum(x.size for x in _part(state, "parameters")),
-        f"{unit}_per_step": per_step,
-        "memory_per_device": memory,
-        "sharding": _sharding_table(boxed, state),
-        "collectives": [
-            {"kind": c.kind, "group": c.group, "count": c.count, "bytes": c.bytes}
-            for c in collectives
-        ],
-        "network_bytes_per_device_per_step": sum(c.count * c.bytes for c in collectives),
-        "flops": {
-            "compiled_per_device": cost.get("flops"),
-            "compiled_total": cost["flops"] * devices if "flops" in cost else None,
-            "model": model_flops,  # 6 N + 12 L T d per token for a Transformer LM
-        },
-        "hbm_bytes_accessed_per_device": cost.get("bytes accessed"),
-        "compile_seconds": round(compile_seconds, 2),
-    }
+    report.update(
+        {
+            "collectives": [
+                {"kind": c.kind, "group": c.group, "count": c.count, "bytes": c.bytes}
+                for c in collectives
+            ],
+            "network_bytes_per_device_per_step": sum(c.count * c.bytes for c in collectives),
+            "flops": {
+                "compiled_per_device": cost.get("flops"),
+                "compiled_total": cost["flops"] * len(target.devices) if "flops" in cost else None,
+                "model": model_flops,  # 6 N + 12 L T d per token for a Transformer LM
+            },
+            "hbm_bytes_accessed_per_device": cost.get("bytes accessed"),
+        }
+    )
     if target.spec is not None:
         report["estimate"] = _roofline(target, cost, collectives, model_flops)
+    return report
+
+
+# libtpu does not build a program that cannot fit its HBM; it says by how much instead.
+_HBM_REFUSAL = re.compile(
+    r"Ran out of memory on HBM.*?required for HLO temporaries \(([\d.]+)([KMGT])\).*?"
+    r"available HBM \(([\d.]+)([KMGT])\)"
+)
+_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _refused(
+    report: dict[str, Any], message: str, hbm_bytes: float | None, seconds: float
+) -> dict[str, Any]:
+    """A plan the target's compiler would not build: when it refused for lack of memory, a
+    plan that does not fit, with the compiler's figures; otherwise a one-line error."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    first = lines[0] if lines else "no message"
+    refused = _HBM_REFUSAL.search(message)
+    if refused is None:
+        raise UserError(f"--topology={report['topology']}: the compiler refused the step: {first}")
+    needed = float(refused.group(1)) * _UNITS[refused.group(2)]
+    available = float(refused.group(3)) * _UNITS[refused.group(4)]
+    memory = report["memory_per_device"]
+    memory.update(
+        {
+            "activations_and_temporaries": int(needed),
+            "peak": None,
+            "hbm": hbm_bytes,
+            "compiler_available": int(available),
+            "fits": False,
+            "shortfall": int(needed - available),
+            "compiler_message": first,
+        }
+    )
+    report.update(
+        {
+            "compile_seconds": round(seconds, 2),
+            "collectives": None,
+            "network_bytes_per_device_per_step": None,
+            "flops": None,
+        }
+    )
     return report
 
 
@@ -120,26 +163,34 @@ def _per_device_bytes(leaves: list[Any]) -> int:
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
 
 
-def _memory(compiled: Any, state: Any, batch: Any, hbm_bytes: float | None) -> dict[str, Any]:
+def _state_memory(state: Any, batch: Any, hbm_bytes: float | None) -> dict[str, Any]:
+    """What each device holds before the step runs, from the shardings alone."""
+    return {
+        "parameters": _per_device_bytes(_part(state, "parameters")),
+        "optimizer_state": _per_device_bytes(_part(state, "optimizer_state")),
+        "ema_and_other_state": _per_device_bytes(_part(state, "ema") + _part(state, "other")),
+        "batch": _per_device_bytes(jax.tree.leaves(batch)),
+        "hbm": hbm_bytes,
+    }
+
+
+def _compiled_memory(compiled: Any, hbm_bytes: float | None) -> dict[str, Any]:
+    """The compiled executable's own accounting, and whether its peak fits `hbm_bytes`."""
     stats = compiled.memory_analysis()
     arguments = int(stats.argument_size_in_bytes)
     outputs = int(stats.output_size_in_bytes)
     aliased = int(stats.alias_size_in_bytes)
     temporaries = int(stats.temp_size_in_bytes)
+    code = int(stats.generated_code_size_in_bytes)
     # Donated state: outputs written over their inputs are not counted twice.
-    peak = arguments + outputs - aliased + temporaries + int(stats.generated_code_size_in_bytes)
+    peak = arguments + outputs - aliased + temporaries + code
     memory: dict[str, Any] = {
-        "parameters": _per_device_bytes(_part(state, "parameters")),
-        "optimizer_state": _per_device_bytes(_part(state, "optimizer_state")),
-        "ema_and_other_state": _per_device_bytes(_part(state, "ema") + _part(state, "other")),
-        "batch": _per_device_bytes(jax.tree.leaves(batch)),
         "arguments": arguments,
         "outputs": outputs,
         "aliased": aliased,
         "activations_and_temporaries": temporaries,
-        "code": int(stats.generated_code_size_in_bytes),
+        "code": code,
         "peak": peak,
-        "hbm": hbm_bytes,
     }
     if hbm_bytes:
         memory["fits"] = peak <= hbm_bytes

@@ -8,7 +8,9 @@ GIB = 1024**3
 SHOWN_PARAMETERS = 12  # rows of the sharding table printed; the JSON has them all
 
 
-def _bytes(value: float) -> str:
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
     for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
         if value >= size:
             return f"{value / size:.2f} {unit}"
@@ -38,6 +40,13 @@ def text_report(plan: dict[str, Any]) -> str:
             _bytes(m["peak"]),
         ),
     ]
+    if "compiler_message" in m:  # the compiler would not build it: its figures, not ours
+        lines.append(
+            f"  DOES NOT FIT: the compiler needs {_bytes(m['activations_and_temporaries'])} of "
+            f"temporaries where {_bytes(m['compiler_available'])} are free, short by "
+            f"{_bytes(m['shortfall'])} ({m['compiler_message']})"
+        )
+        return "\n".join(lines)
     if "fits" in m:
         verdict = "fits" if m["fits"] else f"DOES NOT FIT: short by {_bytes(m['shortfall'])}"
         lines.append(f"  of {_bytes(m['hbm'])} per device: {verdict}")
