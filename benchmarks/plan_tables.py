@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 import time
 from typing import Any
 
@@ -125,7 +127,7 @@ def main() -> None:
             is_cpu = topology.startswith("cpu:")
             if args.only and args.only != ("cpu" if is_cpu else "tpu"):
                 continue
-            name = f"{model} | {mesh}".replace(" ", "_").replace("|", "").replace("__", "_")
+            name = re.sub(r"[^\w.-]+", "_", f"{model} {mesh}").strip("_")
             extra = CPU_BATCH if is_cpu else []
             rows[f"{model}, {mesh}"] = summary(plan(name, spec, topology, shared + flags + extra))
     scaling: dict[int, Any] = {}
@@ -138,7 +140,20 @@ def main() -> None:
         scaling = {
             n: {"bytes": b, "times_n_over_1": b * n / scaling[1]} for n, b in scaling.items()
         }
-    record = {"plans": rows, "fsdp_parameter_bytes_per_device": scaling}
+    from importlib.metadata import PackageNotFoundError, version
+
+    from train.metadata import collect, cpu_name
+
+    try:
+        libtpu = version("libtpu")
+    except PackageNotFoundError:
+        libtpu = None
+    record = {
+        "plans": rows,
+        "fsdp_parameter_bytes_per_device": scaling,
+        "compiled_on": {"cpu": cpu_name(), "libtpu": libtpu},
+        "environment": collect(sys.argv),
+    }
     path = RESULTS / ("plan_tables.json" if not args.only else f"plan_tables_{args.only}.json")
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(markdown(rows))
