@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from models.layers import cudnn_supports
 from models.rnn import LSTMLM
 from models.ssm import SSMLM
 from models.transformer import POS_ENCODINGS, DecoderLM
 from train.capabilities import SampleWriter, TextSampler, TextSampling
-from train.data import tokenizers
+from train.data import pixels, tokenizers
 from train.data.lm import LMData, load_lm_data
 from train.data.splits import Splits
 from train.dtypes import model_dtypes
@@ -30,9 +31,15 @@ from train.losses import token_cross_entropy
 from train.metrics.text import language_model_metrics
 from train.optim import make_optimizer
 from train.perf import transformer_flops_per_token
+from train.pictures import save_grid
 from train.state import TrainState, gradient_step
 from train.tasks import base
-from train.tasks.lm.sampling import LanguageModel, generate_ids, generate_ids_recurrent
+from train.tasks.lm.sampling import (
+    LanguageModel,
+    decode_tokens,
+    generate_ids,
+    generate_ids_recurrent,
+)
 
 ARCHS = ("transformer", "ssm", "lstm")
 EVAL_SEED_OFFSET = 10_007  # eval windows come from a different stream than training batches
@@ -160,8 +167,9 @@ class Task(base.Task, TextSampler, SampleWriter):
         return {"loss_sum": losses.sum(), "count": jnp.asarray(losses.size, jnp.float32)}
 
     def summarize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        unit = "char" if self.data.image_shape is None else "dim"
         return language_model_metrics(
-            float(sums["loss_sum"]) / float(sums["count"]), self.data.tokens_per_char
+            float(sums["loss_sum"]) / float(sums["count"]), self.data.tokens_per_char, unit
         )
 
     # -- data ------------------------------------------------------------------------------------
@@ -218,7 +226,8 @@ class Task(base.Task, TextSampler, SampleWriter):
     def sample_text(self, state: TrainState, prompt: str, settings: TextSampling) -> str:
         """Continue `prompt` by `settings.num_tokens` characters/tokens."""
         if self.tokenizer is None:
-            raise UserError("a data.source=synthetic run has no tokenizer: it cannot sample text")
+            source = self.config.data.get("source", "text")
+            raise UserError(f"a data.source={source} run has no tokenizer: it cannot sample text")
         prompt_ids = self.tokenizer.encode(prompt)
         if len(prompt_ids) == 0:
             raise UserError("--prompt must not be empty")
@@ -237,6 +246,9 @@ class Task(base.Task, TextSampler, SampleWriter):
         return self.tokenizer.decode(ids)
 
     def write_samples(self, state: TrainState, step: int, workdir: Path) -> str | None:
+        if self.data.image_shape is not None:
+            self._write_pixel_samples(state, step, workdir)
+            return None
         if self.tokenizer is None:  # synthetic tokens: nothing readable to sample
             return None
         s = self.config.sample
@@ -247,3 +259,25 @@ class Task(base.Task, TextSampler, SampleWriter):
             out.mkdir(exist_ok=True)
             (out / f"step_{step:07d}.txt").write_text(text)
         return text
+
+    def _write_pixel_samples(self, state: TrainState, step: int, workdir: Path) -> None:
+        """A grid of `sample.num_images` images drawn pixel by pixel from the start token, with
+        the KV cache (every sequence fills the model's context exactly)."""
+        s = self.config.sample
+        count = s.get("num_images", 16)
+        starts = jnp.full((count, 1), pixels.START, jnp.int32)
+        ids = decode_tokens(
+            self.model,
+            state.params,
+            starts,
+            self.block_size,
+            jax.random.key(s.seed),
+            s.temperature,
+            s.top_k,
+            s.top_p,
+        )
+        ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))
+        if jax.process_index() == 0:
+            images = pixels.to_images(ids, self.data.image_shape)
+            columns = max(1, int(np.sqrt(count)))
+            save_grid(images, workdir / "samples" / f"step_{step:07d}.png", columns)
