@@ -331,10 +331,11 @@ class Trainer:
                 jax.block_until_ready(metrics)
                 first_step_done, tick = True, time.perf_counter()
 
-            final = step == t.steps or stop.signum is not None
-            due = [
-                e for e in self.evaluators if e.due(step, t.eval_every, final and not stop.signum)
-            ]
+            # Read the flag once: a signal landing later in this iteration must not end the run
+            # without the checkpoint this iteration would then skip; the next iteration saves.
+            stopping = stop.signum is not None
+            final = step == t.steps or stopping
+            due = [e for e in self.evaluators if e.due(step, t.eval_every, final and not stopping)]
             evaluating = bool(due)
             saving = step % t.checkpoint_every == 0 or final
             if step % t.log_every == 0 or final or evaluating or saving:
@@ -357,7 +358,7 @@ class Trainer:
                 self.checkpoints.save(step, state, metrics=last if evaluating else None)
             if evaluating or saving:  # keep eval and checkpoint time out of the step time
                 tick = time.perf_counter()
-            if stop.signum is not None:
+            if stopping:
                 self.checkpoints.wait()
                 raise Stopped(stop.signum, step)
         return last
