@@ -1,10 +1,11 @@
 """An autoregressive Transformer over MNIST's 784 pixels (ImageGPT-style), for likelihoods.
 
-The LM family unchanged, fed by `data.source=pixels` (train/data/pixels.py): every grey level is
-a token (256 of them, plus a start token), an image is one 784-token window in raster order, and
-the held-out loss is the exact NLL of the 8-bit test images, reported as `eval/bpd` (bits per
-dimension), the convention of the VAE's discretized decoder and the DDPM bound. Samples are
-drawn pixel by pixel with the KV cache and written as a PNG grid.
+The LM family's Transformer and training as the `pixel_lm` task (train/tasks/pixel_lm.py, data
+in train/data/pixels.py): every grey level is a token (256 of them, plus a start token), an
+image is one 784-token window in raster order, and the held-out loss is the exact NLL of the
+8-bit test images, reported as `eval/bpd` (bits per dimension), the convention of the VAE's
+discretized decoder and the DDPM bound. Samples are drawn pixel by pixel with the KV cache, as
+PNG grids (`genlab sample`) and for FID (`genlab eval --metric fid`), as the image families'.
 
     genlab train --config experiments/pixel_lm_mnist.py:cpu --workdir runs/pixel_lm \\
         --config.data.path=../shared/data/mnist
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.evals import image_evals
 from experiments.shakespeare_char import base_config
 
 VARIANTS = ("cpu", "test")
@@ -29,11 +31,11 @@ VARIANTS = ("cpu", "test")
 
 def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     c = base_config()
+    c.task = "pixel_lm"
     c.seed = 0
     c.data = ml_collections.ConfigDict(
         {
             "name": "mnist",  # any image set of train/data/images.py
-            "source": "pixels",
             "path": "",  # folder of the local files (e.g. ../shared/data/mnist); empty: hub copy
             "eval_split": "test",
             "block_size": 784,  # one position per pixel
@@ -43,6 +45,7 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     c.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=100, decay_steps=1200, weight_decay=0.0)
     c.train.update(steps=1200, batch_size=8, log_every=50, eval_every=600, eval_batches=40)
     c.train.update(checkpoint_every=250, best_metric="eval/bpd")
+    c.evals = image_evals()
     c.sample = ml_collections.ConfigDict(
         {"num_images": 16, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
     )

@@ -104,7 +104,7 @@ RULES: dict[str, Range | Choice] = {
     "data.block_size": POSITIVE,
     "data.vocab_size": NON_NEGATIVE,
     "data.val_fraction": Range(0, 1, open_low=True, open_high=True),
-    "data.source": Choice(("text", "synthetic", "shards", "pixels")),
+    "data.source": Choice(("text", "synthetic", "shards")),
     "data.prepare.sample_by": Choice(("document", "paragraph", "line")),
     "data.prepare.num_proc": NON_NEGATIVE,  # 0: one process per core
     "data.prepare.shard_tokens": POSITIVE,

@@ -1,6 +1,6 @@
-"""The LM over image pixels (ImageGPT-style, experiments/pixel_lm_mnist.py): rows are images in
-raster order behind a start token, evaluation walks the split in order, the reported bits/dim is
-the exact NLL of the discrete images, training lowers it and sampling draws an image grid."""
+"""The LM over image pixels (the `pixel_lm` task, experiments/pixel_lm_mnist.py): rows are images
+in raster order behind a start token, evaluation walks the split in order, the reported bits/dim
+is the exact NLL of the discrete images, training lowers it and sampling draws image grids."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import DATA, REPO
+from conftest import DATA, REPO, assert_sample_grid
 from PIL import Image
 
 from launch.cli import main
 from launch.config import apply_overrides, load_config
+from train.capabilities import ImageSampler, ReferenceImages, TextSampler, has
 from train.data import pixels
 from train.data.images import load_split
-from train.data.splits import EVAL, TRAINING
+from train.data.splits import EVAL, NONE, TRAINING
 from train.logging import read_metrics
+from train.tasks import build_task
 from train.trainer import restore_run, train
 
 CONFIG = REPO / "experiments" / "pixel_lm_mnist.py"
@@ -72,10 +74,14 @@ def test_training_lowers_bits_per_dim_and_samples_an_image_grid(tmp_path):
     records = read_metrics(tmp_path)
     bpd = [r["eval/bpd"] for r in records if "eval/bpd" in r]
     assert len(bpd) == 2 and bpd[-1] < bpd[0] < math.log2(pixels.VOCAB_SIZE) + 0.5
-    grid = tmp_path / "samples" / "step_0000030.png"
+    grid = tmp_path / "samples" / "samples_0000030.png"
     with Image.open(grid) as picture:  # 4 images, 2 per row, 2-pixel gaps, doubled
         assert picture.size == ((2 * 30 + 2) * 2, (2 * 30 + 2) * 2)
         assert np.asarray(picture).std() > 0  # drawn grey levels, not a blank page
+    # `genlab sample` draws a grid as for the image families; the task offers FID's inputs
+    assert_sample_grid(tmp_path, tmp_path / "grid.png")
+    task = build_task(_config(), splits=NONE)
+    assert has(task, ImageSampler) and has(task, ReferenceImages) and not has(task, TextSampler)
 
 
 def test_sampled_ids_become_grey_levels_and_a_stray_start_token_is_black():

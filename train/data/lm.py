@@ -4,8 +4,7 @@
 (`train/data/run_tokenizer.py`); `shards` reads the token shards `genlab prepare` wrote to
 `data.path` (`train/data/shards.py`), with their tokenizer, never loading the corpus; `synthetic`
 draws uniformly random tokens for throughput runs (no file, no tokenizer, no samples: the loss
-stays near log(vocab_size)); `pixels` reads an image set's grey levels as tokens
-(`train/data/pixels.py`, ImageGPT-style; the loss is then bits/dim of the images).
+stays near log(vocab_size)).
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from train.data import pixels, tokenizers
+from train.data import tokenizers
+from train.data.pixels import PixelRows
 from train.data.run_tokenizer import run_tokenizer
 from train.data.shards import ShardFolder, ShardWindows
 from train.data.splits import EVAL, TRAIN, Splits, loaded
@@ -28,21 +28,20 @@ from train.transfer import parse_source
 
 SYNTHETIC_TOKENS = 1 << 20  # per split; windows are drawn from it at random
 # each has batch(seed, step, batch_size, process, count)
-Windows = TokenWindows | ShardWindows | pixels.PixelRows
+Windows = TokenWindows | ShardWindows | PixelRows
 
 
 @dataclass
 class LMData:
     """The vocabulary and, when loaded, the windows of each split. `tokens_per_char` (of the
-    validation text) turns a loss per token into bits per character; `image_shape` is set when
-    the tokens are an image's pixels (the loss is then per dimension)."""
+    validation text) turns a loss per token into bits per character. The pixel LM
+    (train/tasks/pixel_lm.py) holds its image rows here too."""
 
     vocab_size: int
     tokenizer: tokenizers.Tokenizer | None = None  # None: synthetic tokens
     train: Windows | None = None
     val: Windows | None = None
     tokens_per_char: float | None = None
-    image_shape: tuple[int, ...] | None = None
 
     def train_windows(self) -> Windows:
         return loaded(self.train, TRAIN, "the LM's token windows")
@@ -58,10 +57,6 @@ def load_lm_data(config: ml_collections.ConfigDict, workdir: Path | None, splits
         return _synthetic(config, splits)
     if source == "shards":
         return _shards(config, workdir, splits)
-    if source == "pixels":
-        train, val = pixels.load_pixel_rows(config.data, splits)
-        shape = pixels.image_shape(config.data)
-        return LMData(pixels.VOCAB_SIZE, None, train, val, tokens_per_char=1.0, image_shape=shape)
     return _text(config, workdir, splits)
 
 

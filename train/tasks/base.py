@@ -85,7 +85,21 @@ class Task(abc.ABC):
         return None
 
 
-class ImageTask(Task, ReferenceImages):
+class DatasetImages(ReferenceImages):
+    """The images of `data.name` as the FID reference, for every task trained on an image set."""
+
+    config: ml_collections.ConfigDict
+
+    def dataset_name(self) -> str:
+        return self.config.data.name
+
+    def reference_images(self, split: str) -> np.ndarray:
+        d = self.config.data
+        pixels, _ = images.load_split(d.name, d.path, split)
+        return images.scale(pixels, "unit")
+
+
+class ImageTask(Task, DatasetImages):
     """What the image families share: batches of weighted, labelled images, throughput in
     images, and the dataset's images as the FID reference."""
 
@@ -97,11 +111,3 @@ class ImageTask(Task, ReferenceImages):
 
     def examples_per_step(self) -> tuple[str, float]:
         return "images", float(self.config.train.batch_size)
-
-    def dataset_name(self) -> str:
-        return self.config.data.name
-
-    def reference_images(self, split: str) -> np.ndarray:
-        d = self.config.data
-        pixels, _ = images.load_split(d.name, d.path, split)
-        return images.scale(pixels, "unit")

@@ -15,14 +15,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from models.layers import cudnn_supports
 from models.rnn import LSTMLM
 from models.ssm import SSMLM
 from models.transformer import POS_ENCODINGS, DecoderLM
 from train.capabilities import SampleWriter, TextSampler, TextSampling
-from train.data import pixels, tokenizers
+from train.data import tokenizers
 from train.data.lm import LMData, load_lm_data
 from train.data.splits import Splits
 from train.dtypes import model_dtypes
@@ -31,15 +30,9 @@ from train.losses import token_cross_entropy
 from train.metrics.text import language_model_metrics
 from train.optim import make_optimizer
 from train.perf import transformer_flops_per_token
-from train.pictures import save_grid
 from train.state import TrainState, gradient_step
 from train.tasks import base
-from train.tasks.lm.sampling import (
-    LanguageModel,
-    decode_tokens,
-    generate_ids,
-    generate_ids_recurrent,
-)
+from train.tasks.lm.sampling import LanguageModel, generate_ids, generate_ids_recurrent
 
 ARCHS = ("transformer", "ssm", "lstm")
 EVAL_SEED_OFFSET = 10_007  # eval windows come from a different stream than training batches
@@ -118,7 +111,10 @@ def check_attention_impl(impl: str, dtype: Any, head_dim: int) -> None:
         )
 
 
-class Task(base.Task, TextSampler, SampleWriter):
+class DecoderTask(base.Task):
+    """Next-token training and held-out loss of a decoder over `LMData`'s windows: what the
+    text LM below and the pixel LM (train/tasks/pixel_lm.py) share."""
+
     batch_axes: ClassVar = {"inputs": ("batch", "length"), "targets": ("batch", "length")}
 
     def __init__(
@@ -167,9 +163,8 @@ class Task(base.Task, TextSampler, SampleWriter):
         return {"loss_sum": losses.sum(), "count": jnp.asarray(losses.size, jnp.float32)}
 
     def summarize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-        unit = "char" if self.data.image_shape is None else "dim"
         return language_model_metrics(
-            float(sums["loss_sum"]) / float(sums["count"]), self.data.tokens_per_char, unit
+            float(sums["loss_sum"]) / float(sums["count"]), self.data.tokens_per_char
         )
 
     # -- data ------------------------------------------------------------------------------------
@@ -222,7 +217,11 @@ class Task(base.Task, TextSampler, SampleWriter):
                 per_token += 18.0 * m.num_layers * m.expand * m.emb_dim * m.state_dim
         return per_token * self.examples_per_step()[1]
 
-    # -- sampling --------------------------------------------------------------------------------
+
+class Task(DecoderTask, TextSampler, SampleWriter):
+    """The text LM: windows of a tokenized corpus (or shards, or random tokens), sampled as
+    text."""
+
     def sample_text(self, state: TrainState, prompt: str, settings: TextSampling) -> str:
         """Continue `prompt` by `settings.num_tokens` characters/tokens."""
         if self.tokenizer is None:
@@ -246,9 +245,6 @@ class Task(base.Task, TextSampler, SampleWriter):
         return self.tokenizer.decode(ids)
 
     def write_samples(self, state: TrainState, step: int, workdir: Path) -> str | None:
-        if self.data.image_shape is not None:
-            self._write_pixel_samples(state, step, workdir)
-            return None
         if self.tokenizer is None:  # synthetic tokens: nothing readable to sample
             return None
         s = self.config.sample
@@ -259,25 +255,3 @@ class Task(base.Task, TextSampler, SampleWriter):
             out.mkdir(exist_ok=True)
             (out / f"step_{step:07d}.txt").write_text(text)
         return text
-
-    def _write_pixel_samples(self, state: TrainState, step: int, workdir: Path) -> None:
-        """A grid of `sample.num_images` images drawn pixel by pixel from the start token, with
-        the KV cache (every sequence fills the model's context exactly)."""
-        s = self.config.sample
-        count = s.get("num_images", 16)
-        starts = jnp.full((count, 1), pixels.START, jnp.int32)
-        ids = decode_tokens(
-            self.model,
-            state.params,
-            starts,
-            self.block_size,
-            jax.random.key(s.seed),
-            s.temperature,
-            s.top_k,
-            s.top_p,
-        )
-        ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))
-        if jax.process_index() == 0:
-            images = pixels.to_images(ids, self.data.image_shape)
-            columns = max(1, int(np.sqrt(count)))
-            save_grid(images, workdir / "samples" / f"step_{step:07d}.png", columns)
