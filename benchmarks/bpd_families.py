@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import DATA, REPO, copy_newest, steps_per_second, timed
+from common import DATA, REPO, copy_newest, steps_per_second, timed, trained_run
 
 RESULTS = REPO / "benchmarks" / "results"
 PICTURES = RESULTS / "bpd_families"
@@ -38,18 +38,11 @@ PUBLISHED = {
 def train_and_score(
     root: Path, name: str, config: str, data: Path, eval_overrides: list[str]
 ) -> tuple[dict, dict, Path]:
-    workdir = root / name
-    workdir.mkdir(parents=True, exist_ok=True)
-    trained, train_wall = timed(
-        "train", root / f"{name}.train.json",
-        "train", "--config", config, "--workdir", str(workdir), f"--config.data.path={data}",
-        "--config.train.progress_bar=false",
-    )  # fmt: skip
+    trained, workdir = trained_run(root, name, config, data)
     scored, _ = timed(
         "eval", root / f"{name}.eval.json",
         "eval", "--workdir", str(workdir), "--metric", "heldout", *eval_overrides,
     )  # fmt: skip
-    trained.setdefault("train_wall_s", train_wall)
     return trained, scored, workdir
 
 

@@ -57,3 +57,18 @@ def timed(stage: str, done: Path, *args: str) -> tuple[dict, float | None]:
     seconds = round(time.perf_counter() - started, 1)
     done.write_text(json.dumps({**result, f"{stage}_wall_s": seconds}) + "\n")
     return result, seconds
+
+
+def trained_run(root: Path, name: str, config: str, data: Path) -> tuple[dict, Path]:
+    """`genlab train` of `config` on `data` into `root/name`, unless `root/name.train.json` says
+    it finished; (its final JSON with `train_wall_s`, its workdir). Result scripts that share a
+    `--root` share the runs they both need."""
+    workdir = root / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    trained, seconds = timed(
+        "train", root / f"{name}.train.json",
+        "train", "--config", config, "--workdir", str(workdir), f"--config.data.path={data}",
+        "--config.train.progress_bar=false",
+    )  # fmt: skip
+    trained.setdefault("train_wall_s", seconds)
+    return trained, workdir

@@ -47,7 +47,7 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     c.train.update(checkpoint_every=250, best_metric="eval/bpd")
     c.evals = image_evals()
     c.sample = ml_collections.ConfigDict(
-        {"num_images": 16, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+        {"num_images": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
     )
     if variant == "test":
         c.model.update(num_layers=1, num_heads=2, emb_dim=16, mlp_dim=32)
