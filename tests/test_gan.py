@@ -57,21 +57,21 @@ def test_models_map_noise_to_images_and_images_to_logits(shape, upsample, spectr
     norm = "spectral" if spectral else "batch"
     discriminator = Discriminator(width=8, norm=norm, num_classes=classes)
     z, labels = jax.random.normal(jax.random.key(0), (4, 16)), jnp.arange(4)
-    g_vars = generator.init(jax.random.key(1), z, labels if classes else None)
-    images, _ = generator.apply(g_vars, z, labels if classes else None, mutable=["batch_stats"])
+    given = labels if classes else None
+    # jit: op-by-op dispatch of these models (spectral norm included) is slow on 2 cores
+    g_vars = jax.jit(generator.init)(jax.random.key(1), z, given)
+    g_apply = jax.jit(lambda v, z, y: generator.apply(v, z, y, mutable=["batch_stats"]))
+    images, _ = g_apply(g_vars, z, given)
     assert images.shape == (4, *shape) and float(jnp.abs(images).max()) <= 1.0
-    d_vars = discriminator.init(jax.random.key(2), images, labels if classes else None)
-    logits, _ = discriminator.apply(
-        d_vars, images, labels if classes else None, mutable=["batch_stats"]
-    )
+    d_vars = jax.jit(discriminator.init)(jax.random.key(2), images, given)
+    d_apply = jax.jit(lambda v, x, y: discriminator.apply(v, x, y, mutable=["batch_stats"]))
+    logits, _ = d_apply(d_vars, images, given)
     assert logits.shape == (4,) and np.isfinite(logits).all()
     assert (SPECTRAL in d_vars) == spectral
     boxes = jax.tree.leaves(g_vars["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert all(isinstance(b, nn.Partitioned) for b in boxes)  # G shards by logical axis names
     if classes:  # the label changes the projection discriminator's verdict
-        other, _ = discriminator.apply(
-            d_vars, images, (labels + 1) % classes, mutable=["batch_stats"]
-        )
+        other, _ = d_apply(d_vars, images, (labels + 1) % classes)
         assert not np.allclose(logits, other)
 
 
