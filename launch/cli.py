@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launch import distributed
 from launch.config import (
@@ -24,6 +25,9 @@ from launch.cpu_devices import plan_devices, split_cpu
 from launch.rate import add_rate_parser
 from train.errors import UserError
 from train.metadata import CONFIG_FILE
+
+if TYPE_CHECKING:
+    from launch.sweep import Run, Sweep
 
 # Failures of the machine rather than of genlab: said in one line, like a user's mistake.
 SYSTEM_LIMITS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
@@ -211,25 +215,66 @@ def _sweep(args: argparse.Namespace, spec: str | None, overrides: dict[str, str]
         print(f"{len(runs)} runs in {root}")
         return 0
     sweep.claim_folder(root, sweep_file)
-    todo = [run for run in runs if sweep.run_status(run) != "done"]
-    skipped = len(runs) - len(todo)
-    print(f"{len(runs)} runs in {root}: {skipped} already done, {len(todo)} to run")
-    sweep.write_manifest(root, sweep_file, definition, runs, {})
+    if args.status:
+        return _sweep_status(root, sweep_file, definition, runs)
+    resources = {
+        **definition.slurm,
+        **{k: v for k, v in vars(args).items() if k in backends.SLURM_KEYS and v is not None},
+    }
+    if args.backend == "slurm":
+        backends.resolve_resources(resources)  # a bad value is an error before anything is written
+    # Runs launched before keep their job ids; those still in SLURM's queue are not submitted
+    # again (a second job would only find the workdir locked).
+    previous = sweep.manifest_jobs(root) if args.backend == "slurm" else {}
+    known = backends.slurm_status(runs, previous)
+    queued = {
+        name: entry
+        for name, entry in known.items()
+        if entry["status"] in ("pending", "running", "requeued")
+    }
+    todo = [run for run in runs if sweep.run_status(run) != "done" and run.name not in queued]
+    skipped = len(runs) - len(todo) - len(queued)
+    waiting = f", {len(queued)} still queued or running on SLURM" if queued else ""
+    print(f"{len(runs)} runs in {root}: {skipped} already done{waiting}, {len(todo)} to run")
+    sweep.write_manifest(root, sweep_file, definition, runs, {}, known)
     if args.backend == "local":
         status = backends.run_local(todo, args.parallel, args.devices_per_run)
         sweep.write_manifest(root, sweep_file, definition, runs, status)
         failed = [name for name, s in status.items() if s != "done"]
         return 1 if failed else 0
-    resources = {
-        **definition.slurm,
-        **{k: v for k, v in vars(args).items() if k in backends.SLURM_KEYS and v is not None},
+    jobs = backends.submit_slurm(todo, root, resources) if todo else []
+    submitted = {
+        run.name: {"status": "pending", "job_id": str(job.job_id)}
+        for run, job in zip(todo, jobs, strict=True)
     }
-    jobs = backends.submit_slurm(todo, root, resources)
-    status = {
-        run.name: f"submitted (job {job.job_id})" for run, job in zip(todo, jobs, strict=True)
-    }
-    sweep.write_manifest(root, sweep_file, definition, runs, status)
-    print("\n".join(f"{s}: {name}" for name, s in status.items()))
+    details = {**known, **submitted}
+    status = {name: entry["status"] for name, entry in details.items()}
+    sweep.write_manifest(root, sweep_file, definition, runs, status, details)
+    for name, entry in submitted.items():
+        print(f"submitted (job {entry['job_id']}): {name}")
+    return 0
+
+
+def _sweep_status(root: Path, sweep_file: Path, definition: Sweep, runs: list[Run]) -> int:
+    """Print and record each run's status: pending, running, requeued, done or failed (SLURM:
+    with its job id and SLURM's own state), or interrupted for a local run with a checkpoint."""
+    from launch import backends, sweep
+
+    if not (root / sweep.MANIFEST).is_file():
+        raise UserError(f"sweep --status: no {sweep.MANIFEST} in {root}; launch the sweep first")
+    details = backends.slurm_status(runs, sweep.manifest_jobs(root))
+    status = {name: entry["status"] for name, entry in details.items()}
+    sweep.write_manifest(root, sweep_file, definition, runs, status, details)
+    for entry in sweep.read_manifest(root)["runs"]:
+        job = entry.get("job_id") or "-"
+        said = [entry.get("slurm_state"), entry.get("slurm_reason")]
+        if entry.get("restarts"):
+            said.append(f"restarts {entry['restarts']}")
+        slurm = f"  (SLURM: {', '.join(s for s in said if s)})" if said[0] else ""
+        print(
+            f"{entry['status']:<11} {job:<12} checkpoint {entry['checkpoint']}  "
+            f"{entry['name']}{slurm}"
+        )
     return 0
 
 
@@ -382,14 +427,22 @@ def _parser() -> _Parser:
         default=0,
         help="local: GPUs given to each parallel run (CUDA_VISIBLE_DEVICES)",
     )
-    for key, kind in (
-        ("nodes", int),
-        ("gpus_per_node", int),
-        ("timeout_min", int),
-        ("partition", str),
-        ("account", str),
+    sweep.add_argument(
+        "--status",
+        action="store_true",
+        help="print each run's status (and SLURM job id and state) and update sweep.json",
+    )
+    for key, kind, words in (
+        ("nodes", int, "nodes per run"),
+        ("gpus_per_node", int, "GPUs per node (0 or unset: a CPU job, no GPU request)"),
+        ("tasks_per_node", int, "processes per node (default: one per GPU, or 1)"),
+        ("cpus_per_task", int, "CPUs per process"),
+        ("mem_gb_per_task", float, "memory per process in GB"),
+        ("timeout_min", int, "time limit in minutes"),
+        ("partition", str, "partition"),
+        ("account", str, "account"),
     ):
-        sweep.add_argument(f"--{key}", type=kind, default=None, help="slurm resource")
+        sweep.add_argument(f"--{key}", type=kind, default=None, help=f"slurm: {words}")
     sweep.set_defaults(run=_sweep)
 
     plan = sub.add_parser(
@@ -450,6 +503,8 @@ FLAG_MINIMUMS = {
     "devices_per_run": 0,
     "nodes": 1,
     "gpus_per_node": 0,
+    "tasks_per_node": 1,
+    "cpus_per_task": 1,
     "timeout_min": 1,
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -24,6 +25,7 @@ from launch.config import apply_overrides, load_config, load_python_file
 from train.errors import UserError
 
 MANIFEST = "sweep.json"
+LOG_FILE = "sweep_run.log"  # each run's output, in its workdir, across attempts
 Overrides = dict[str, Any]
 
 
@@ -321,7 +323,7 @@ def expand(sweep: Sweep, sweep_file: Path, root: Path) -> list[Run]:
 # -- manifest and status ------------------------------------------------------------------------
 def run_status(run: Run) -> str:
     """done (final checkpoint present), interrupted (some checkpoint), or pending."""
-    steps = _checkpoint_steps(run.workdir)
+    steps = checkpoint_steps(run.workdir)
     if not steps:
         return "pending"
     config_file = run.workdir / "config.json"
@@ -332,7 +334,8 @@ def run_status(run: Run) -> str:
     return "interrupted"
 
 
-def _checkpoint_steps(workdir: Path) -> list[int]:
+def checkpoint_steps(workdir: Path) -> list[int]:
+    """The steps of the finished checkpoints in a workdir (Orbax's temporary folders left out)."""
     folder = workdir / "checkpoints"
     if not folder.is_dir():
         return []
@@ -355,9 +358,18 @@ def claim_folder(root: Path, sweep_file: Path) -> None:
 
 
 def write_manifest(
-    root: Path, sweep_file: Path, sweep: Sweep, runs: list[Run], status: dict[str, str]
+    root: Path,
+    sweep_file: Path,
+    sweep: Sweep,
+    runs: list[Run],
+    status: dict[str, str],
+    jobs: dict[str, dict[str, Any]] | None = None,
 ) -> None:
+    """`sweep.json`: every run, its command and status, its latest checkpoint and, for SLURM,
+    what `jobs` holds for it (job id, SLURM's state, restarts). Replaced atomically, so a
+    concurrent `--status` never reads half a file."""
     root.mkdir(parents=True, exist_ok=True)
+    jobs = jobs or {}
     manifest = {
         "sweep": str(sweep_file.resolve()),
         "base": sweep.base,
@@ -367,12 +379,23 @@ def write_manifest(
                 "overrides": r.overrides,
                 "workdir": str(r.workdir),
                 "command": r.command,
-                "status": status.get(r.name, run_status(r)),
+                "status": status.get(r.name) or run_status(r),
+                "checkpoint": max(checkpoint_steps(r.workdir), default=None),
+                **jobs.get(r.name, {}),
             }
             for r in runs
         ],
     }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    partial = root / f".{MANIFEST}.{os.getpid()}"
+    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(partial, root / MANIFEST)
+
+
+def manifest_jobs(root: Path) -> dict[str, str]:
+    """Each run's SLURM job id from an earlier launch (none for local runs or a new folder)."""
+    if not (root / MANIFEST).is_file():
+        return {}
+    return {r["name"]: r["job_id"] for r in read_manifest(root)["runs"] if r.get("job_id")}
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

@@ -228,6 +228,7 @@ def test_slurm_parameters_and_sbatch_script(tmp_path, monkeypatch):
         "timeout_min": 120,
         "slurm_partition": "gpu",
         "slurm_account": "proj",
+        "slurm_additional_parameters": {"requeue": True, "signal": "USR2@90"},
     }
     with pytest.raises(UserError, match="unknown keys \\['gpus'\\]"):
         backends.slurm_parameters({"gpus": 8})
@@ -249,6 +250,8 @@ def test_slurm_parameters_and_sbatch_script(tmp_path, monkeypatch):
         "#SBATCH --partition=gpu",
         "#SBATCH --account=proj",
         "#SBATCH --time=120",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@90",
     ):
         assert line in script
 
