@@ -131,9 +131,12 @@ class LocalSlurm:
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
-        if self.gpus:
+        if self.gpus:  # slurmd wants one character device per GPU: links to /dev/null
+            for index in range(self.gpus):
+                (root / f"gpu{index}").symlink_to("/dev/null")
+            files = f"{root}/gpu[0-{self.gpus - 1}]"
             (root / "gres.conf").write_text(
-                f"AutoDetect=off\nNodeName={self.node} Name=gpu Count={self.gpus}\n"
+                f"AutoDetect=off\nNodeName={self.node} Name=gpu File={files}\n"
             )
 
     def _spawn(self, name: str, command: list[str]) -> None:
@@ -177,6 +180,8 @@ class LocalSlurm:
             dead = [n for n, p in self.processes.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 reason = f"{', '.join(dead)} exited" if dead else f"no {what} after {timeout_s}s"
+                node = self.run("sinfo", "-h", "-N", "-o", "%T %E").stdout.strip()
+                reason += f"; node: {node}" if node else ""
                 self.stop()
                 raise Unavailable(f"local SLURM did not start ({reason}): {self.log_tail()}")
             time.sleep(0.5)
