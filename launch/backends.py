@@ -166,13 +166,17 @@ REASON_RESOURCES = (
 
 
 def sbatch_refusal(output: str, resources: dict[str, Any]) -> UserError:
-    """One line for sbatch's refusal: the resources it is about and SLURM's own reason."""
-    reasons = []
+    """One line for sbatch's refusal: the resources it is about and SLURM's own reason (or,
+    where sbatch could not reach SLURM at all, its fatal error)."""
+    reasons, fatal = [], []
     for line in output.strip().splitlines():
         _, found, reason = line.partition("error:")
         reason = reason.strip().removeprefix("Batch job submission failed:").strip()
         if found and reason and reason not in reasons:
             reasons.append(reason)
+        fatal += [line.partition("fatal:")[2].strip()] if "fatal:" in line else []
+    if fatal:  # e.g. no slurm.conf, or no controller to ask: not about the resources
+        return UserError(f"--backend slurm: sbatch failed: {fatal[-1]}")
     reason = "; ".join(reasons) or " ".join(output.split()) or "no reason given"
     lowered = reason.lower()
     named = [

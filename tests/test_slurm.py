@@ -295,6 +295,10 @@ def test_sbatch_reasons_name_the_resource_they_are_about():
         "sbatch refused the job (tasks_per_node=2, cpus_per_task=64): CPU count per node can "
         "not be satisfied; Requested node configuration is not available"
     )
+    unreachable = "sbatch: error: fetch_config: DNS SRV lookup failed\nsbatch: fatal: Could not "
+    assert str(
+        backends.sbatch_refusal(unreachable + "establish a configuration source", given)
+    ) == ("--backend slurm: sbatch failed: Could not establish a configuration source")
     unknown = str(backends.sbatch_refusal("sbatch: error: something new", given))
     assert unknown == (
         "sbatch refused the job (tasks_per_node=2, cpus_per_task=64, partition=cpu): something new"
