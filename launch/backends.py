@@ -285,10 +285,11 @@ def run_job(command: list[str], workdir: str) -> int:
                     capture_output=True,
                     text=True,
                 )
-                said = " ".join((result.stdout + result.stderr).split())
-                _note(log, f"{where} near its time limit: requeued ({said or 'ok'})")
                 if result.returncode == 0:
+                    _note(log, f"{where} near its time limit: requeued")
                     return code
+                said = " ".join((result.stdout + result.stderr).split())
+                _note(log, f"{where} near its time limit: scontrol requeue failed: {said}")
             else:
                 _note(log, f"{where} near its time limit without a new checkpoint: not requeued")
     raise RuntimeError(f"{where} {shlex.join(command)}: {outcome}")
