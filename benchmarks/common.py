@@ -55,7 +55,8 @@ def timed(stage: str, done: Path, *args: str) -> tuple[dict, float | None]:
     started = time.perf_counter()
     result = last_json(genlab(*args))
     seconds = round(time.perf_counter() - started, 1)
-    done.write_text(json.dumps({**result, f"{stage}_wall_s": seconds}) + "\n")
+    result = {**result, f"{stage}_wall_s": seconds}
+    done.write_text(json.dumps(result) + "\n")
     return result, seconds
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from train.logging import MetricWriter, Progress
 from train.metadata import CONFIG_FILE, save_config, write_metadata
 from train.partitioning import Placement
 from train.perf import peak_flops_per_device
+from train.stopping import StopSignal
 from train.tasks import build_task
 from train.tasks.base import Task
 from train.transfer import Transfer
@@ -158,26 +158,6 @@ def is_lead() -> bool:
     return jax.process_index() == 0
 
 
-class SignalFlag:
-    """Remembers SIGTERM/SIGINT instead of dying, so the loop can checkpoint first."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> SignalFlag:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 class Trainer:
     """Runs `config.train.steps` steps of a task in `workdir`, resuming from its checkpoints."""
 
@@ -249,7 +229,7 @@ class Trainer:
         if start:
             progress.print(f"resumed from the checkpoint of step {start}")
         try:
-            with SignalFlag() as stop:
+            with StopSignal() as stop:
                 return self._loop(state, placement, start, writer, progress, stop)
         finally:
             self.checkpoints.wait()
@@ -274,7 +254,7 @@ class Trainer:
         start: int,
         writer: MetricWriter,
         progress: Progress,
-        stop: SignalFlag,
+        stop: StopSignal,
     ) -> dict[str, float]:
         t = self.config.train
         task = self.task
@@ -333,7 +313,7 @@ class Trainer:
 
             # Read the flag once: a signal landing later in this iteration must not end the run
             # without the checkpoint this iteration would then skip; the next iteration saves.
-            stopping = stop.signum is not None
+            stopping = stop.reached(step)
             final = step == t.steps or stopping
             due = [e for e in self.evaluators if e.due(step, t.eval_every, final and not stopping)]
             evaluating = bool(due)
