@@ -1,6 +1,7 @@
 """The SLURM backend against a real single-node SLURM (tests/slurm_cluster.py): array jobs, two
 processes per run, refusals in one line, and scancel / time-limit warning / scontrol requeue
-each stopping a run with a checkpoint it resumes from, its losses those of an unbroken run.
+each stopping a 2-process run at one agreed step with a checkpoint it resumes from, its losses
+those of an unbroken run.
 
 Skips where SLURM cannot be installed or started, unless GENLAB_REQUIRE_SLURM=1 (CI).
 """
@@ -179,6 +180,7 @@ def test_scancel_time_limit_warning_and_requeue_each_resume_with_unbroken_losses
     )
     root = tmp_path / "root"
     launch = ("sweep", file, "--root", str(root), "--backend", "slurm", "--timeout_min", "10")
+    launch += ("--tasks_per_node", "2")  # every stop must land on one step in both processes
     env = {**cluster.env, **ONE_DEVICE}
     genlab(*launch, env=env, check=True)
     (run,) = _manifest(root)
