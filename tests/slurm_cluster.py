@@ -3,16 +3,19 @@
 Every instance lives in its own folder: slurm.conf, state, spool, logs and its own munged socket
 and key, with free ports, so two test sessions (or a system SLURM already running here) never
 share a daemon. Clients find it through `SLURM_CONF`, which `env` holds. Root and no systemd:
-the daemons are started in the foreground as our children and stopped by their pids.
+the daemons are started in the foreground as our children and stopped by their pids (and on
+Linux they die with us: a test run killed with SIGKILL leaves no daemon behind).
 
     python tests/slurm_cluster.py   # start one, print its SLURM_CONF, stop it on Enter
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +24,16 @@ from pathlib import Path
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "scontrol", "squeue")
 INSTALL_LOCK = Path(tempfile.gettempdir()) / "genlab-slurm-install.lock"
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def _die_with_parent() -> None:
+    """Run in the daemon's process before exec: SIGTERM it when the test process dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "prctl"):
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Unavailable(Exception):
@@ -142,7 +155,12 @@ class LocalSlurm:
     def _spawn(self, name: str, command: list[str]) -> None:
         log = (self.root / f"{name}.out").open("w")
         self.processes[name] = subprocess.Popen(
-            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def start(self, timeout_s: float = 90) -> LocalSlurm:
