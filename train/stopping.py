@@ -15,13 +15,12 @@ import signal
 from typing import Any
 
 import jax
-from jax._src import distributed
 from jax.experimental import multihost_utils
 
 
 def _agreed_by_jax() -> bool:
     """Several processes joined through the coordination service, with its preemption service."""
-    return jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
+    return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
 
 class StopSignal:
